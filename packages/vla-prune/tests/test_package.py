@@ -1,0 +1,17 @@
+"""Pins the package's identity: version from installed metadata, and its sibling imports."""
+
+import importlib.metadata
+import sys
+
+import vla_prune
+
+
+def test_version_comes_from_metadata() -> None:
+    assert vla_prune.__version__ == importlib.metadata.version("vla-prune")
+    assert vla_prune.__version__.count(".") == 2
+
+
+def test_import_pulls_in_no_forbidden_sibling() -> None:
+    forbidden = ["vla_core", "vla_imf", "vla_convert", "vla_train", "transformers"]
+    leaked = [name for name in forbidden if name in sys.modules]
+    assert leaked == [], f"importing vla_prune imported {leaked}"
