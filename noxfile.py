@@ -98,7 +98,7 @@ def contracts(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "tests", *session.posargs)
 
 
-@nox.session(python=DEFAULT_PYTHON)
+@nox.session(python=False)
 def lock(session: nox.Session) -> None:
     session.run_install("uv", "lock", "--check", external=True)
 
