@@ -1,0 +1,228 @@
+"""Load a local LeRobot dataset (v3.0 or v2.1, parquet only) into memory as numpy columns.
+
+v3.0: frames of many episodes per `data/chunk-*/file-*.parquet`; v2.1: one
+`data/chunk-*/episode_*.parquet` per episode. Either way we read every data file once, order the
+frames by the global `index`, and keep numeric features as [N, *shape] arrays. Image features
+stay as encoded PNG bytes (decoded on demand by `ImageColumn`, with a cache) or, when a dataset
+stores uint8 arrays, as one [N, H, W, 3] array.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from vla_train.data.layout import (
+    DEFAULT_COLUMNS,
+    INFO_PATH,
+    STATS_PATH,
+    V21_EPISODES_STATS_PATH,
+    FeatureSpec,
+    load_json,
+)
+
+
+class ImageColumn:
+    """[N, H, W, 3] uint8 frames, from PNG bytes decoded lazily and cached, or a dense array."""
+
+    def __init__(
+        self, shape: tuple[int, int, int], encoded: list[bytes] | None, dense: np.ndarray | None
+    ) -> None:
+        if (encoded is None) == (dense is None):
+            raise ValueError("ImageColumn needs exactly one of encoded bytes or a dense array")
+        self.shape = shape
+        self._encoded = encoded
+        if dense is not None:
+            self._frames = dense
+            self._decoded = np.ones(len(dense), dtype=bool)
+        else:
+            assert encoded is not None
+            # np.empty only touches the pages of the frames we decode.
+            self._frames = np.empty((len(encoded), *shape), dtype=np.uint8)
+            self._decoded = np.zeros(len(encoded), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def _decode(self, i: int) -> None:
+        assert self._encoded is not None
+        frame = np.asarray(Image.open(io.BytesIO(self._encoded[i])).convert("RGB"))
+        if frame.shape != self.shape:
+            raise ValueError(f"frame {i} decodes to {frame.shape}, info.json says {self.shape}")
+        self._frames[i] = frame
+        self._decoded[i] = True
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Frames at `indices` -> [len(indices), H, W, 3] uint8."""
+        for i in np.unique(indices[~self._decoded[indices]]):
+            self._decode(int(i))
+        return self._frames[indices]
+
+    def all(self) -> np.ndarray:
+        return self.get(np.arange(len(self)))
+
+
+@dataclass
+class LeRobotFrames:
+    """All frames of a dataset in memory. `columns[key]` is [N, *shape] in the feature's dtype
+    (scalar features keep shape (1,)), ordered by the global frame `index`."""
+
+    root: Path
+    info: dict[str, Any]
+    features: dict[str, FeatureSpec]
+    columns: dict[str, np.ndarray]
+    images: dict[str, ImageColumn]
+    episode_from: dict[int, int] = field(default_factory=dict)  # episode -> first row
+    episode_to: dict[int, int] = field(default_factory=dict)  # episode -> last row + 1
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.columns["index"])
+
+    @property
+    def episodes(self) -> list[int]:
+        return sorted(self.episode_from)
+
+
+def _numeric_column(column: pa.ChunkedArray, key: str, spec: FeatureSpec) -> np.ndarray:
+    """Parquet column (scalar or nested lists) -> [N, *shape] numpy array."""
+    n = len(column)
+    flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    while (
+        pa.types.is_list(flat.type)
+        or pa.types.is_fixed_size_list(flat.type)
+        or (pa.types.is_large_list(flat.type))
+    ):
+        flat = pc.list_flatten(flat)
+    values = flat.to_numpy(zero_copy_only=False)
+    expected = n * int(np.prod(spec.shape))
+    if values.size != expected:
+        raise ValueError(
+            f"column {key!r} holds {values.size} values for {n} frames; "
+            f"info.json shape {spec.shape} needs {expected}"
+        )
+    return values.reshape(n, *spec.shape).astype(spec.dtype, copy=False)
+
+
+def _image_column(column: pa.ChunkedArray, key: str, spec: FeatureSpec) -> ImageColumn:
+    shape = (spec.shape[0], spec.shape[1], spec.shape[2])
+    chunk = column.combine_chunks()
+    if pa.types.is_struct(chunk.type):
+        encoded = chunk.field("bytes").to_pylist()
+        if any(b is None for b in encoded):
+            raise ValueError(f"image column {key!r} has frames without embedded bytes (paths only)")
+        return ImageColumn(shape, encoded=encoded, dense=None)
+    if pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type):
+        return ImageColumn(shape, encoded=chunk.to_pylist(), dense=None)
+    dense = _numeric_column(column, key, FeatureSpec("uint8", spec.shape))
+    return ImageColumn(shape, encoded=None, dense=dense)
+
+
+def _data_files(root: Path, version: str) -> list[Path]:
+    pattern = (
+        "data/chunk-*/file-*.parquet"
+        if version.startswith("v3")
+        else "data/chunk-*/episode_*.parquet"
+    )
+    files = sorted(root.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no data files matching {root / pattern}")
+    return files
+
+
+def read_info(root: Path) -> dict[str, Any]:
+    info = load_json(Path(root) / INFO_PATH)
+    version = str(info.get("codebase_version", ""))
+    if not (version.startswith("v3") or version.startswith("v2")):
+        raise ValueError(
+            f"{root}: codebase_version {version!r} is not a v2.x or v3.x LeRobot dataset"
+        )
+    if "features" not in info:
+        raise ValueError(f"{root / INFO_PATH} has no 'features'")
+    return info
+
+
+def read_frames(root: Path, keys: tuple[str, ...] | None = None) -> LeRobotFrames:
+    """Read the columns `keys` (all features when None) plus the default index columns."""
+    root = Path(root)
+    info = read_info(root)
+    feature_info: dict[str, Any] = info["features"]
+    wanted = list(feature_info) if keys is None else list(dict.fromkeys([*keys, *DEFAULT_COLUMNS]))
+    unknown = [k for k in wanted if k not in feature_info and k not in DEFAULT_COLUMNS]
+    if unknown:
+        raise KeyError(f"{root}: features {unknown} not in info.json (has {sorted(feature_info)})")
+    features = {
+        k: FeatureSpec.from_info(k, feature_info[k]) if k in feature_info else FeatureSpec(DEFAULT_COLUMNS[k], (1,))
+        for k in wanted
+    }  # fmt: skip
+    tables = []
+    for path in _data_files(root, str(info["codebase_version"])):
+        present = set(pq.read_schema(path).names)
+        tables.append(pq.read_table(path, columns=[k for k in wanted if k in present]))
+    table = pa.concat_tables(tables, promote_options="default")
+    order = np.argsort(table.column("index").to_numpy(), kind="stable")
+    table = table.take(pa.array(order))
+    columns: dict[str, np.ndarray] = {}
+    images: dict[str, ImageColumn] = {}
+    for key, spec in features.items():
+        if key not in table.column_names:
+            if key == "task_index":
+                columns[key] = np.zeros((table.num_rows, 1), dtype=np.int64)
+                continue
+            raise KeyError(f"{root}: column {key!r} declared in info.json is missing from the data")
+        if spec.dtype == "image" or (spec.dtype == "uint8" and len(spec.shape) == 3):
+            images[key] = _image_column(table.column(key), key, spec)
+        else:
+            columns[key] = _numeric_column(table.column(key), key, spec)
+    frames = LeRobotFrames(root=root, info=info, features=features, columns=columns, images=images)
+    episode_index = columns["episode_index"][:, 0]
+    starts = np.flatnonzero(np.r_[True, episode_index[1:] != episode_index[:-1]])
+    ends = np.r_[starts[1:], len(episode_index)]
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        ep = int(episode_index[s])
+        if ep in frames.episode_from:
+            raise ValueError(f"{root}: episode {ep} frames are not contiguous in the global index")
+        frame_index = columns["frame_index"][s:e, 0]
+        if not np.array_equal(frame_index, np.arange(e - s)):
+            raise ValueError(f"{root}: episode {ep} frame_index is not 0..{e - s - 1}")
+        frames.episode_from[ep], frames.episode_to[ep] = s, e
+    return frames
+
+
+def _aggregate_v21_stats(root: Path) -> dict[str, dict[str, list[Any]]]:
+    from vla_train.data.writer import merge_stats
+
+    per_episode: dict[str, list[dict[str, np.ndarray]]] = {}
+    for line in (root / V21_EPISODES_STATS_PATH).read_text().splitlines():
+        if line.strip():
+            for key, st in json.loads(line)["stats"].items():
+                per_episode.setdefault(key, []).append(
+                    {k: np.asarray(v, dtype=np.float64) for k, v in st.items()}
+                )
+    return {k: {s: v.tolist() for s, v in merge_stats(p).items()} for k, p in per_episode.items()}
+
+
+def read_stats(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """`meta/stats.json` (v3.0, v2.0) or the aggregate of `meta/episodes_stats.jsonl` (v2.1), as
+    float64 arrays keyed by feature then statistic (min, max, mean, std, count, ...)."""
+    root = Path(root)
+    if (root / STATS_PATH).is_file():
+        raw = load_json(root / STATS_PATH)
+    elif (root / V21_EPISODES_STATS_PATH).is_file():
+        raw = _aggregate_v21_stats(root)
+    else:
+        raise FileNotFoundError(
+            f"{root}: neither {STATS_PATH} nor {V21_EPISODES_STATS_PATH} exists"
+        )
+    return {
+        key: {s: np.asarray(v, dtype=np.float64) for s, v in st.items()} for key, st in raw.items()
+    }
