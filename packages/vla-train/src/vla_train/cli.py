@@ -1,25 +1,68 @@
-"""`vla-train` console script. The Hydra trainer replaces this entry point when it lands."""
+"""`vla-train` console script: the Hydra app (config in vla_train/conf, shipped as package data).
+
+    vla-train                                   # embedded default: train + eval on PushT (CPU)
+    vla-train policy=imf_vanilla train.max_steps=500
+    vla-train experiment=sweep                  # the 9-run n_emb x n_layer grid (multirun)
+    vla-train experiment=report report.sweep_dir=outputs/sweep_grid
+    torchrun --nproc_per_node=2 -m vla_train.cli experiment=smoke   # DDP, same entry point
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
-EXPERIMENTS: dict[str, str] = {}
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+log = logging.getLogger("vla_train")
+
+CONFIG_PATH = "conf"
+CONFIG_NAME = "config"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the available experiments; exit non-zero while none can run."""
-    del argv
-    if not EXPERIMENTS:
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Dispatch on `mode`: train (default) or report."""
+    if cfg.mode == "report":
+        from vla_train.report import write_report
+
+        sweep = Path(str(cfg.report.sweep_dir))
+        out = Path(str(cfg.report.out_dir)) if cfg.report.out_dir else None
+        paths = write_report(sweep, out, str(cfg.report.metric))
+        print(paths["table"].read_text())
+        print(f"heatmap: {paths['heatmap']}")
+        return {k: str(v) for k, v in paths.items()}
+    if cfg.mode != "train":
+        raise ValueError(f"mode must be 'train' or 'report', got {cfg.mode!r}")
+    from vla_train.trainer import train
+
+    metrics = train(cfg, run_dir)
+    if metrics:
+        ev = metrics["eval"]
+        n_success = sum(ev["success"])
         print(
-            "vla-train: no experiment is available yet (the PushT trainer is not built).",
-            file=sys.stderr,
+            f"\n{metrics['run_name']} on {metrics['task']}: "
+            f"success rate {ev['success_rate']:.3f} ({n_success}/{ev['n_episodes']}), "
+            f"mean max-coverage {ev['mean_max_coverage']:.3f}, score {ev['mean_score']:.3f} | "
+            f"{metrics['steps']} steps, train {metrics['train_wall_s']:.0f} s, "
+            f"eval {metrics['eval_wall_s']:.0f} s, "
+            f"action latency {metrics['action_latency_ms_batch1']:.2f} ms | {run_dir}",
+            flush=True,
         )
-        return 2
-    for name, summary in sorted(EXPERIMENTS.items()):
-        print(f"{name:24s} {summary}")
-    return 0
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def main() -> None:
+    """Console entry point; Hydra reads overrides from sys.argv."""
+    _hydra_main()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Closed-loop evaluation of PushT policies in gym-pusht."""
+
+from vla_train.eval.rollout import (
+    SUCCESS_COVERAGE,
+    EvalResult,
+    action_latency_ms,
+    env_obs_to_frame,
+    evaluate,
+    first_observation,
+)
+
+__all__ = [
+    "SUCCESS_COVERAGE",
+    "EvalResult",
+    "action_latency_ms",
+    "env_obs_to_frame",
+    "evaluate",
+    "first_observation",
+]
