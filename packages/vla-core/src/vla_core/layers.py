@@ -1,0 +1,226 @@
+"""Gemma building blocks and the joint two-stream decoder layer.
+
+Semantics follow openpi `gemma.py` (Block / Attention / FeedForward / RMSNorm) and the reference
+sheet's §3 (../shared/reference/vla-engines.md): per-stream (Ada)RMSNorm → q/k/v → concatenate the
+streams along the sequence → RoPE with full-sequence positions (split-half, fp32) → one attention
+→ split → per-stream o_proj, gated residual, norm, GeGLU MLP, gated residual.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vla_core.attention import attend, validate_attention_implementation
+from vla_core.config import GemmaConfig
+
+__all__ = [
+    "GemmaMLP",
+    "GemmaStreamBlock",
+    "JointDecoderLayer",
+    "RMSNorm",
+    "apply_rope",
+    "rope_cos_sin",
+]
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm `x·rsqrt(mean(x²)+eps)·(1+w)` in fp32; with `cond_dim` it is AdaRMS.
+
+    AdaRMS (pi0.5 expert): `dense(cond) -> (scale, shift, gate)`, `y = x̂·(1+scale)+shift`, and the
+    gate is returned for the gated residual. `dense` is zero-initialised (openpi), so a fresh
+    pi0.5 ignores time until trained. cond: `[B, cond_dim]` (per sample) or `[B, L, cond_dim]`.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.cond_dim = cond_dim
+        if cond_dim is None:
+            self.weight: nn.Parameter | None = nn.Parameter(torch.zeros(dim))
+            self.dense: nn.Linear | None = None
+        else:
+            self.weight = None
+            self.dense = nn.Linear(cond_dim, 3 * dim, bias=True)
+            nn.init.zeros_(self.dense.weight)
+            nn.init.zeros_(self.dense.bias)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.dense is None:
+            assert self.weight is not None
+            return (normed * (1.0 + self.weight.float())).to(x.dtype), None
+        if cond is None:
+            raise ValueError("adaptive RMSNorm needs a conditioning tensor (cond), got None")
+        modulation = self.dense(cond.to(self.dense.weight.dtype)).float()
+        if modulation.ndim == x.ndim - 1:  # per-sample cond [B, 3D] -> [B, 1, 3D]
+            modulation = modulation.unsqueeze(-2)
+        scale, shift, gate = modulation.chunk(3, dim=-1)
+        return (normed * (1.0 + scale) + shift).to(x.dtype), gate
+
+
+def gated_residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
+    """`x + y` (plain norm) or `x + y·gate` (AdaRMS)."""
+    if gate is None:
+        return x + y
+    return x + y * gate.to(y.dtype)
+
+
+class GemmaMLP(nn.Module):
+    """GeGLU feed-forward: `down(gelu_tanh(gate(x)) * up(x))`."""
+
+    def __init__(self, width: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, mlp_dim, bias=False)
+        self.up_proj = nn.Linear(width, mlp_dim, bias=False)
+        self.down_proj = nn.Linear(mlp_dim, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class GemmaAttentionProjections(nn.Module):
+    """q/k/v/o projections of one stream (no biases). The attention itself is joint."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        hd = config.head_dim
+        self.q_proj = nn.Linear(config.width, config.num_heads * hd, bias=False)
+        self.k_proj = nn.Linear(config.width, config.num_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(config.width, config.num_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * hd, config.width, bias=False)
+
+
+class GemmaStreamBlock(nn.Module):
+    """One stream's sublayers of a decoder layer (Gemma parameter names)."""
+
+    def __init__(self, config: GemmaConfig, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.input_layernorm = RMSNorm(config.width, config.rms_norm_eps, cond_dim)
+        self.self_attn = GemmaAttentionProjections(config)
+        self.post_attention_layernorm = RMSNorm(config.width, config.rms_norm_eps, cond_dim)
+        self.mlp = GemmaMLP(config.width, config.mlp_dim)
+
+
+def rope_cos_sin(
+    positions: Tensor, head_dim: int, max_wavelength: float = 10_000.0
+) -> tuple[Tensor, Tensor]:
+    """openpi RoPE angles in fp32: positions [B, L] -> (cos, sin) [B, L, head_dim/2]."""
+    exponents = (2.0 / head_dim) * torch.arange(
+        head_dim // 2, dtype=torch.float32, device=positions.device
+    )
+    timescale = max_wavelength**exponents
+    radians = positions.to(torch.float32)[..., None] / timescale
+    return torch.cos(radians), torch.sin(radians)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Split-half rotation `[x1·cos − x2·sin, x2·cos + x1·sin]` in fp32. x: [B, L, H, D]."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+class JointDecoderLayer(nn.Module):
+    """One decoder layer of the two-stream mixture (backbone = prefix, expert = suffix).
+
+    A real module owning both streams' parameters, so hooks (FSDP, checkpointing, compile) see it.
+    Either stream may be None: `[prefix, suffix]` is the joint pass, `[prefix, None]` the prefix
+    pass whose post-RoPE K/V the caller caches, `[None, suffix]` the suffix pass reading
+    `kv_cache`. Returns `(prefix_out, suffix_out, key, value)` with key/value `[B, Hkv, L, D]`
+    post-RoPE for the tokens of this call (cache not included); nothing is mutated.
+    """
+
+    def __init__(
+        self,
+        backbone: GemmaConfig,
+        expert: GemmaConfig,
+        *,
+        expert_cond_dim: int | None = None,
+        attention_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.backbone = GemmaStreamBlock(backbone)
+        self.expert = GemmaStreamBlock(expert, expert_cond_dim)
+        self.num_heads = backbone.num_heads
+        self.num_kv_heads = backbone.num_kv_heads
+        self.head_dim = backbone.head_dim
+        self.attention_implementation = validate_attention_implementation(attention_implementation)
+
+    def forward(
+        self,
+        prefix: Tensor | None,
+        suffix: Tensor | None,
+        rope: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        *,
+        kv_cache: tuple[Tensor, Tensor] | None = None,
+        expert_cond: Tensor | None = None,
+        block_mask: Any = None,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+        """prefix [B, Lp, Dp] | None, suffix [B, Ls, De] | None; rope = (cos, sin) [B, Lp+Ls, hd/2];
+        mask [B, Lp+Ls, Lcache+Lp+Ls] bool (None = full, or flex with `block_mask`)."""
+        streams = [
+            (self.backbone, prefix, None),
+            (self.expert, suffix, expert_cond),
+        ]
+        queries, keys, values, lengths = [], [], [], []
+        gates: list[Tensor | None] = []
+        for block, hidden, cond in streams:
+            if hidden is None:
+                continue
+            batch, length, _ = hidden.shape
+            normed, gate = block.input_layernorm(hidden, cond)
+            attn = block.self_attn
+            queries.append(attn.q_proj(normed).view(batch, length, self.num_heads, self.head_dim))
+            keys.append(attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
+            values.append(attn.v_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
+            lengths.append(length)
+            gates.append(gate)
+        if not lengths:
+            raise ValueError("JointDecoderLayer needs at least one of prefix / suffix")
+
+        cos, sin = rope
+        query = apply_rope(torch.cat(queries, dim=1), cos, sin).transpose(1, 2)  # [B, Hq, L, D]
+        key = apply_rope(torch.cat(keys, dim=1), cos, sin).transpose(1, 2)  # [B, Hkv, L, D]
+        value = torch.cat(values, dim=1).transpose(1, 2)  # [B, Hkv, L, D]
+        if kv_cache is not None:
+            all_keys = torch.cat([kv_cache[0], key], dim=2)
+            all_values = torch.cat([kv_cache[1], value], dim=2)
+        else:
+            all_keys, all_values = key, value
+
+        attended = attend(
+            query,
+            all_keys,
+            all_values,
+            mask,
+            scale=1.0 / math.sqrt(self.head_dim),
+            implementation=self.attention_implementation,
+            block_mask=block_mask,
+        )
+        batch = attended.shape[0]
+        attended = attended.transpose(1, 2).reshape(batch, -1, self.num_heads * self.head_dim)
+
+        outputs: list[Tensor | None] = []
+        rows = iter(attended.split(lengths, dim=1))
+        gate_iter = iter(gates)
+        for block, hidden, cond in streams:
+            if hidden is None:
+                outputs.append(None)
+                continue
+            rows_i, gate = next(rows), next(gate_iter)
+            attn_out = block.self_attn.o_proj(rows_i.to(block.self_attn.o_proj.weight.dtype))
+            hidden = gated_residual(hidden, attn_out, gate)
+            normed, gate = block.post_attention_layernorm(hidden, cond)
+            hidden = gated_residual(hidden, block.mlp(normed), gate)
+            outputs.append(hidden)
+        return outputs[0], outputs[1], key, value

@@ -1,0 +1,421 @@
+"""pi0 / pi0.5: embed the prefix (images + prompt), embed the suffix (state, noisy actions, time),
+run the joint engine, project the velocity out. Flow matching as in openpi `pi0.py`:
+t=1 is noise, `x_t = t·ε + (1−t)·a`, target `u_t = ε − a`, `t ~ Beta(1.5, 1)·0.999 + 0.001`,
+Euler from t=1 to 0 in `num_steps` steps with the prefix K/V cached once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vla_core.config import PI0Config
+from vla_core.engine import JointEngine, PrefixCache
+from vla_core.filters import ImageTokenFilter
+from vla_core.layers import RMSNorm
+from vla_core.vision import VisionTower
+
+__all__ = ["Observation", "PI0Model", "Prefix", "Suffix", "posemb_sincos"]
+
+
+@dataclass
+class Observation:
+    """One batch of model inputs.
+
+    images: `[B, n_cams, 3, H, W]` in [-1, 1], or a dict camera name -> `[B, 3, H, W]` (sorted by
+    insertion order); image_masks: `[B, n_cams]` bool / dict of `[B]` (None = all present);
+    tokens / token_mask: `[B, T]` tokenized prompt (right-padded); state: `[B, state_dim]`
+    (pi0; pi0.5 carries the discretised state in the prompt and may leave it None).
+    """
+
+    images: Tensor | Mapping[str, Tensor]
+    tokens: Tensor
+    token_mask: Tensor
+    image_masks: Tensor | Mapping[str, Tensor] | None = None
+    state: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def stacked_images(self) -> tuple[Tensor, Tensor]:
+        """-> images [B, n_cams, 3, H, W], image_masks [B, n_cams] bool."""
+        if isinstance(self.images, Mapping):
+            names = list(self.images)
+            images = torch.stack([self.images[name] for name in names], dim=1)
+            if self.image_masks is None:
+                masks = None
+            elif isinstance(self.image_masks, Mapping):
+                missing = [name for name in names if name not in self.image_masks]
+                if missing:
+                    raise ValueError(f"image_masks has no entry for cameras {missing}")
+                masks = torch.stack([self.image_masks[name].bool() for name in names], dim=1)
+            else:
+                masks = self.image_masks.bool()
+        else:
+            images = self.images
+            if isinstance(self.image_masks, Mapping):
+                raise ValueError("image_masks must be a tensor when images is a tensor")
+            masks = None if self.image_masks is None else self.image_masks.bool()
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be [B, n_cams, 3, H, W], got {tuple(images.shape)}")
+        if masks is None:
+            masks = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
+        if tuple(masks.shape) != tuple(images.shape[:2]):
+            raise ValueError(
+                f"image_masks must be [B, n_cams] = {tuple(images.shape[:2])}, got {tuple(masks.shape)}"
+            )
+        return images, masks
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Embedded prefix: tokens [B, P, Dp], pad_mask / ar_mask / positions [B, P], and the
+    suffix position offset [B] = number of valid tokens of the *unpruned* prefix."""
+
+    tokens: Tensor
+    pad_mask: Tensor
+    ar_mask: Tensor
+    positions: Tensor
+    suffix_offset: Tensor
+
+
+@dataclass(frozen=True)
+class Suffix:
+    """Embedded suffix: tokens [B, S, De], pad_mask / ar_mask [B, S], AdaRMS cond (pi0.5)."""
+
+    tokens: Tensor
+    pad_mask: Tensor
+    ar_mask: Tensor
+    cond: Tensor | None
+
+
+def posemb_sincos(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
+    """openpi sine-cosine time embedding: time [B] or [B, H] -> [..., dim] fp32."""
+    if dim % 2:
+        raise ValueError(f"time embedding width must be even, got {dim}")
+    high = torch.float64 if time.device.type not in ("mps",) else torch.float32
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=high, device=time.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = time.to(high)[..., None] * (2.0 * math.pi) / period
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(torch.float32)
+
+
+class PI0Model(nn.Module):
+    """PaliGemma (SigLIP + Gemma) backbone + Gemma action expert, pi0 or pi0.5.
+
+    `forward(observation, actions)` -> per-element flow-matching loss `[B, H, action_dim]`;
+    `sample_actions(observation)` -> actions `[B, H, action_dim]`.
+    """
+
+    def __init__(
+        self, config: PI0Config, *, image_token_filter: ImageTokenFilter | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        backbone, expert = config.backbone, config.expert
+        attention = config.engine.attention_implementation
+        self.vision_tower = VisionTower(config.vision, attention)
+        self.multi_modal_projector = nn.Linear(config.vision.width, backbone.width)
+        self.embed_tokens = nn.Embedding(backbone.vocab_size, backbone.width)
+        self.engine = JointEngine(
+            config.engine, expert_cond_dim=expert.width if config.is_pi05 else None
+        )
+        self.action_in_proj = nn.Linear(config.action_dim, expert.width)
+        self.action_out_proj = nn.Linear(expert.width, config.action_dim)
+        if config.is_pi05:
+            self.time_mlp_in = nn.Linear(expert.width, expert.width)
+            self.time_mlp_out = nn.Linear(expert.width, expert.width)
+        else:
+            self.state_proj = nn.Linear(config.state_dim, expert.width)
+            self.action_time_mlp_in = nn.Linear(2 * expert.width, expert.width)
+            self.action_time_mlp_out = nn.Linear(expert.width, expert.width)
+        self.image_token_filter: ImageTokenFilter | None = None
+        self.set_image_token_filter(image_token_filter)
+        nn.init.normal_(self.embed_tokens.weight, std=backbone.width**-0.5)
+        self._apply_dtype_policy()
+
+    # ---- setup -------------------------------------------------------------------------------
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.config.dtype == "bfloat16" else torch.float32
+
+    def fp32_modules(self) -> list[nn.Module]:
+        """Modules kept in fp32 under the bf16 policy: norms, SigLIP patch/position embeddings,
+        time MLP and action / state projections (openpi / OpenTau parity, reference §10)."""
+        names = ["action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in"]
+        names += ["action_time_mlp_out", "time_mlp_in", "time_mlp_out"]
+        keep: list[nn.Module] = [getattr(self, n) for n in names if hasattr(self, n)]
+        keep.append(self.vision_tower.embeddings)
+        keep.extend(m for m in self.engine.modules() if isinstance(m, RMSNorm))
+        return keep
+
+    def _apply_dtype_policy(self) -> None:
+        if self.compute_dtype == torch.float32:
+            return
+        self.to(self.compute_dtype)
+        for module in self.fp32_modules():
+            module.to(torch.float32)
+
+    def set_image_token_filter(self, image_token_filter: ImageTokenFilter | None) -> None:
+        """Attach (or detach with None) an image-token filter; an nn.Module one is a submodule,
+        so its parameters train and save with the model."""
+        if image_token_filter is not None and not callable(image_token_filter):
+            raise TypeError(f"image_token_filter must be callable, got {type(image_token_filter)}")
+        self._modules.pop("image_token_filter", None)
+        self.__dict__.pop("image_token_filter", None)
+        if isinstance(image_token_filter, nn.Module):
+            self.add_module("image_token_filter", image_token_filter)
+        else:
+            self.__dict__["image_token_filter"] = image_token_filter
+
+    # ---- embeddings --------------------------------------------------------------------------
+    def embed_images(self, images: Tensor) -> Tensor:
+        """images [B, n_cams, 3, H, W] -> image tokens [B, n_cams·patches, Dp]."""
+        batch, cams = images.shape[:2]
+        tokens = self.vision_tower(images.flatten(0, 1))  # [B·n, patches, Dv]
+        tokens = self.multi_modal_projector(tokens)
+        return tokens.reshape(batch, cams * tokens.shape[1], tokens.shape[2])
+
+    def embed_prefix(
+        self, observation: Observation, image_token_filter: ImageTokenFilter | None = None
+    ) -> Prefix:
+        """Images (one bidirectional block with the prompt) then language tokens ·√width.
+
+        Positions are those of the unpruned prefix (`cumsum(pad) − 1`); a filter's kept image
+        tokens take the position of their `keep_index` (gaps allowed)."""
+        token_filter = (
+            image_token_filter if image_token_filter is not None else self.image_token_filter
+        )
+        images, camera_mask = observation.stacked_images()
+        batch = images.shape[0]
+        tokens, token_mask = observation.tokens, observation.token_mask.bool()
+        if (
+            tokens.ndim != 2
+            or tuple(token_mask.shape) != tuple(tokens.shape)
+            or tokens.shape[0] != batch
+        ):
+            raise ValueError(
+                f"tokens / token_mask must both be [B={batch}, T]; got {tuple(tokens.shape)}, "
+                f"{tuple(token_mask.shape)}"
+            )
+        image_tokens = self.embed_images(images)  # [B, N, Dp]
+        num_image = image_tokens.shape[1]
+        image_mask = camera_mask.repeat_interleave(num_image // images.shape[1], dim=1)  # [B, N]
+        width = self.config.backbone.width
+        language = self.embed_tokens(tokens) * torch.tensor(width**0.5, dtype=self.compute_dtype)
+        language = language.to(image_tokens.dtype)
+
+        unpruned_pad = torch.cat([image_mask, token_mask], dim=1)
+        positions = torch.cumsum(unpruned_pad.long(), dim=1) - 1
+        suffix_offset = unpruned_pad.long().sum(dim=1)
+        image_positions = positions[:, :num_image]
+        if token_filter is not None:
+            kept, kept_mask, keep_index = token_filter(
+                image_tokens, image_mask, language, token_mask
+            )
+            if kept.ndim != 3 or kept.shape[0] != batch or kept.shape[2] != image_tokens.shape[2]:
+                raise ValueError(
+                    f"image_token_filter returned kept_tokens {tuple(kept.shape)}, expected "
+                    f"[B={batch}, K, D={image_tokens.shape[2]}]"
+                )
+            expected = tuple(kept.shape[:2])
+            if tuple(kept_mask.shape) != expected or tuple(keep_index.shape) != expected:
+                raise ValueError(
+                    f"image_token_filter returned kept_mask {tuple(kept_mask.shape)} / keep_index "
+                    f"{tuple(keep_index.shape)}, expected {expected}"
+                )
+            if kept.shape[1] > num_image:
+                raise ValueError(f"image_token_filter kept {kept.shape[1]} > {num_image} tokens")
+            image_positions = torch.gather(image_positions, 1, keep_index.long())
+            image_tokens, image_mask = kept.to(language.dtype), kept_mask.bool()
+
+        prefix_tokens = torch.cat([image_tokens, language], dim=1)
+        pad_mask = torch.cat([image_mask, token_mask], dim=1)
+        ar_mask = torch.zeros_like(pad_mask)
+        prefix_positions = torch.cat([image_positions, positions[:, num_image:]], dim=1)
+        return Prefix(prefix_tokens, pad_mask, ar_mask, prefix_positions, suffix_offset)
+
+    def embed_suffix(self, state: Tensor | None, noisy_actions: Tensor, time: Tensor) -> Suffix:
+        """pi0: [state] + action tokens mixed with the time embedding by an MLP; ar = [1, 1, 0…].
+        pi0.5: action tokens only, ar = [1, 0…]; time -> MLP -> AdaRMS cond.
+        noisy_actions [B, H, A]; time [B] (or [B, H] per token)."""
+        config = self.config
+        batch, horizon, _ = noisy_actions.shape
+        width = config.expert.width
+        time_emb = posemb_sincos(time, width, config.time_min_period, config.time_max_period)
+        action_tokens = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
+        device = noisy_actions.device
+        if config.is_pi05:
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+            tokens = action_tokens
+            ar = [True] + [False] * (horizon - 1)
+        else:
+            if state is None:
+                raise ValueError("pi0 needs observation.state [B, state_dim], got None")
+            if tuple(state.shape) != (batch, config.state_dim):
+                raise ValueError(
+                    f"state must be [B={batch}, state_dim={config.state_dim}], got {tuple(state.shape)}"
+                )
+            cond = None
+            state_token = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :]
+            if time_emb.ndim == 2:
+                time_emb = time_emb[:, None, :].expand(batch, horizon, width)
+            mixed = torch.cat([action_tokens, time_emb.to(action_tokens.dtype)], dim=-1)
+            mixed = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(mixed)))
+            tokens = torch.cat([state_token, mixed], dim=1)
+            ar = [True, True] + [False] * (horizon - 1)
+        tokens = tokens.to(self.compute_dtype)
+        pad_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
+        ar_mask = torch.tensor(ar, dtype=torch.bool, device=device).expand(batch, -1)
+        return Suffix(tokens, pad_mask, ar_mask, cond)
+
+    # ---- engine calls ------------------------------------------------------------------------
+    @staticmethod
+    def suffix_positions(prefix: Prefix, suffix: Suffix) -> Tensor:
+        """`sum(unpruned prefix pad) + cumsum(suffix pad) − 1` -> [B, S]."""
+        return prefix.suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
+
+    def fill_prefix_cache(self, prefix: Prefix) -> PrefixCache:
+        """Run the backbone over the prefix once; post-RoPE K/V per layer."""
+        out = self.engine(
+            prefix.tokens,
+            None,
+            pad_mask=prefix.pad_mask,
+            ar_mask=prefix.ar_mask,
+            positions=prefix.positions,
+        )
+        assert out.cache is not None
+        return out.cache
+
+    def _velocity_from_suffix_out(self, suffix_out: Tensor) -> Tensor:
+        horizon = self.config.action_horizon
+        return self.action_out_proj(suffix_out[:, -horizon:].to(self.action_out_proj.weight.dtype))
+
+    def denoise_step(
+        self,
+        cache: PrefixCache,
+        prefix: Prefix,
+        state: Tensor | None,
+        noisy_actions: Tensor,
+        time: Tensor,
+    ) -> Tensor:
+        """One velocity evaluation reading the prefix cache (never mutated). -> [B, H, A] fp32."""
+        suffix = self.embed_suffix(state, noisy_actions, time)
+        out = self.engine(
+            None,
+            suffix.tokens,
+            pad_mask=suffix.pad_mask,
+            ar_mask=suffix.ar_mask,
+            positions=self.suffix_positions(prefix, suffix),
+            cache=cache,
+            expert_cond=suffix.cond,
+        )
+        assert out.suffix is not None
+        return self._velocity_from_suffix_out(out.suffix)
+
+    def predict_velocity(
+        self,
+        observation: Observation,
+        noisy_actions: Tensor,
+        time: Tensor,
+        *,
+        mode: Literal["joint", "cached"] = "joint",
+        detach_cache: bool = False,
+    ) -> Tensor:
+        """v(x_t, t) [B, H, A]: `joint` = one `[prefix, suffix]` pass with the full 2-D mask;
+        `cached` = prefix pass filling the K/V cache, then the suffix pass reading it
+        (`detach_cache` = knowledge insulation)."""
+        prefix = self.embed_prefix(observation)
+        if mode == "cached":
+            cache = self.fill_prefix_cache(prefix)
+            if detach_cache:
+                cache = cache.detach()
+            return self.denoise_step(cache, prefix, observation.state, noisy_actions, time)
+        if mode != "joint":
+            raise ValueError(f"mode must be 'joint' or 'cached', got {mode!r}")
+        suffix = self.embed_suffix(observation.state, noisy_actions, time)
+        out = self.engine(
+            prefix.tokens,
+            suffix.tokens,
+            pad_mask=torch.cat([prefix.pad_mask, suffix.pad_mask], dim=1),
+            ar_mask=torch.cat([prefix.ar_mask, suffix.ar_mask], dim=1),
+            positions=torch.cat([prefix.positions, self.suffix_positions(prefix, suffix)], dim=1),
+            expert_cond=suffix.cond,
+        )
+        assert out.suffix is not None
+        return self._velocity_from_suffix_out(out.suffix)
+
+    # ---- training ----------------------------------------------------------------------------
+    def sample_time(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+        """t ~ Beta(α, β)·scale + offset (sampled on CPU: some backends lack Dirichlet)."""
+        config = self.config
+        beta = torch.distributions.Beta(
+            torch.tensor(config.time_beta_alpha), torch.tensor(config.time_beta_beta)
+        )
+        time = beta.sample((batch_size,)) * config.time_scale + config.time_offset
+        return time.to(device=device, dtype=torch.float32)
+
+    def forward(
+        self,
+        observation: Observation,
+        actions: Tensor,
+        noise: Tensor | None = None,
+        time: Tensor | None = None,
+    ) -> Tensor:
+        """Flow-matching loss per element `[B, H, action_dim]` (take `.mean()` for a scalar).
+
+        pi0 trains with one joint pass; pi0.5 with prefix cache + suffix pass (openpi / OpenTau),
+        detaching the cache when `config.knowledge_insulation`."""
+        config = self.config
+        expected = (observation.batch_size, config.action_horizon, config.action_dim)
+        if tuple(actions.shape) != expected:
+            raise ValueError(f"actions must be [B, H, A] = {expected}, got {tuple(actions.shape)}")
+        actions = actions.float()
+        noise = torch.randn_like(actions) if noise is None else noise.float()
+        if time is None:
+            time = self.sample_time(actions.shape[0], actions.device)
+        t = time.float()[:, None, None] if time.ndim == 1 else time.float()[..., None]
+        noisy_actions = t * noise + (1.0 - t) * actions
+        target = noise - actions
+        mode: Literal["joint", "cached"] = "cached" if config.is_pi05 else "joint"
+        velocity = self.predict_velocity(
+            observation,
+            noisy_actions,
+            time,
+            mode=mode,
+            detach_cache=config.knowledge_insulation,
+        )
+        return (velocity.float() - target) ** 2
+
+    # ---- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(
+        self, observation: Observation, noise: Tensor | None = None, num_steps: int = 10
+    ) -> Tensor:
+        """Prefix once, then `num_steps` Euler steps from t=1 (noise) to t=0. -> [B, H, A] fp32."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        config = self.config
+        batch = observation.batch_size
+        device = observation.tokens.device
+        shape = (batch, config.action_horizon, config.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, device=device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
+        prefix = self.embed_prefix(observation)
+        cache = self.fill_prefix_cache(prefix)
+        dt = -1.0 / num_steps
+        actions = noise.float()
+        for step in range(num_steps):
+            time = torch.full((batch,), 1.0 + step * dt, device=device)
+            velocity = self.denoise_step(cache, prefix, observation.state, actions, time)
+            actions = actions + dt * velocity.float()
+        return actions
