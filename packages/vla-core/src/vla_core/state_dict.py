@@ -1,0 +1,477 @@
+"""State dicts: our safetensors + JSON format, and rename maps to openpi / lerobot / transformers.
+
+Every map is an explicit, per-key table built from the config (`rename_map(config, layout)`:
+vla key -> reference key), so a conversion is a dictionary lookup and every key that is not in the
+table is reported by name. Key names come from the real projects:
+
+- `openpi`: `PI0Pytorch.state_dict()` (openpi `src/openpi/models_pytorch/pi0_pytorch.py` +
+  `gemma_pytorch.py`, transformers 4.53): `paligemma_with_expert.paligemma.model.{vision_tower.
+  vision_model, multi_modal_projector, language_model}.*`, `paligemma_with_expert.gemma_expert.
+  model.*`, and the projections at top level.
+- `lerobot`: lerobot 0.6.1 `PI0Policy` / `PI05Policy` — the openpi names under `model.`.
+- `transformers`: `PI0ForConditionalGeneration` (transformers >= 5.24): `model.vlm.*`,
+  `model.dit.*`, `embed_action_time.*`, `action_out_proj.*` (pi0 only; no pi0.5 there).
+
+Keys that exist in a reference but not in our model are dropped *by name* and reported
+(`ConvertedStateDict.dropped`), never silently:
+- the expert's `lm_head.weight` (openpi / lerobot; 263 M random parameters, unused);
+- transformers' `model.dit.embed_tokens.weight` (a stock GemmaModel's embedding, unused);
+- `paligemma.lm_head.weight`, tied to the token embedding: accepted as the embedding when the
+  embedding itself is absent (what `safetensors.torch.save_model` keeps for tied tensors), and
+  checked equal to it when both are present.
+No layout fuses q/k/v or gate/up, so every tensor maps one to one without reshaping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from vla_core.config import PI0Config
+
+__all__ = [
+    "CONFIG_FILE",
+    "LAYOUTS",
+    "WEIGHTS_FILE",
+    "ConvertedStateDict",
+    "StateDictMismatchError",
+    "convert_state_dict",
+    "export_state_dict",
+    "load_config",
+    "load_pretrained",
+    "load_state_dict",
+    "rename_map",
+    "save_config",
+    "save_pretrained",
+    "unused_reference_keys",
+]
+
+Layout = Literal["vla", "openpi", "lerobot", "transformers"]
+LAYOUTS: tuple[str, ...] = ("vla", "openpi", "lerobot", "transformers")
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_NAME = "vla-core/pi0"
+FORMAT_VERSION = 1
+
+# ---- our own (vla) names ---------------------------------------------------------------------
+# Top-level submodule names of `vla_core.pi0.PI0Model`.
+_VLA_VISION = "vision_tower"
+_VLA_PROJECTOR = "multi_modal_projector"
+_VLA_EMBED = "embed_tokens"
+_VLA_ENGINE = "engine"
+
+_GEMMA_BLOCK_LINEARS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+_SIGLIP_LAYER = tuple(
+    f"{module}.{param}"
+    for module in (
+        "layer_norm1",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.out_proj",
+        "layer_norm2",
+        "mlp.fc1",
+        "mlp.fc2",
+    )
+    for param in ("weight", "bias")
+)
+
+
+class StateDictMismatchError(KeyError):
+    """Missing / unexpected / wrongly shaped keys, each listed by name."""
+
+    def __init__(
+        self,
+        layout: str,
+        missing: Iterable[str] = (),
+        unexpected: Iterable[str] = (),
+        shape_mismatches: Iterable[str] = (),
+    ) -> None:
+        self.layout = layout
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.shape_mismatches = sorted(shape_mismatches)
+        parts = [f"state dict does not match the {layout!r} layout:"]
+        if self.missing:
+            parts.append(f"missing keys ({len(self.missing)}): {self.missing}")
+        if self.unexpected:
+            parts.append(f"unexpected keys ({len(self.unexpected)}): {self.unexpected}")
+        if self.shape_mismatches:
+            parts.append(
+                f"shape mismatches ({len(self.shape_mismatches)}): {self.shape_mismatches}"
+            )
+        super().__init__(" ".join(parts))
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def _norm_params(adaptive: bool) -> tuple[str, ...]:
+    return ("dense.weight", "dense.bias") if adaptive else ("weight",)
+
+
+def _projection_names(config: PI0Config) -> tuple[str, ...]:
+    if config.is_pi05:
+        return ("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out")
+    return (
+        "action_in_proj",
+        "action_out_proj",
+        "state_proj",
+        "action_time_mlp_in",
+        "action_time_mlp_out",
+    )
+
+
+def _vla_to_openpi(config: PI0Config) -> dict[str, str]:
+    """vla key -> openpi `PI0Pytorch` key, in our state-dict order."""
+    pwe = "paligemma_with_expert"
+    vlm = f"{pwe}.paligemma.model"
+    table: dict[str, str] = {}
+
+    vision_pairs = [
+        ("embeddings.patch_embedding.weight", "embeddings.patch_embedding.weight"),
+        ("embeddings.patch_embedding.bias", "embeddings.patch_embedding.bias"),
+        ("embeddings.position_embedding.weight", "embeddings.position_embedding.weight"),
+    ]
+    for j in range(config.vision.depth):
+        vision_pairs += [
+            (f"encoder.layers.{j}.{p}", f"encoder.layers.{j}.{p}") for p in _SIGLIP_LAYER
+        ]
+    vision_pairs += [("post_layernorm.weight", "post_layernorm.weight")]
+    vision_pairs += [("post_layernorm.bias", "post_layernorm.bias")]
+    for ours, theirs in vision_pairs:
+        table[f"{_VLA_VISION}.{ours}"] = f"{vlm}.vision_tower.vision_model.{theirs}"
+    for p in ("weight", "bias"):
+        table[f"{_VLA_PROJECTOR}.{p}"] = f"{vlm}.multi_modal_projector.linear.{p}"
+    table[f"{_VLA_EMBED}.weight"] = f"{vlm}.language_model.embed_tokens.weight"
+
+    adaptive = config.is_pi05
+    for i in range(config.backbone.depth):
+        for stream, ref, ada in (
+            ("backbone", f"{vlm}.language_model.layers.{i}", False),
+            ("expert", f"{pwe}.gemma_expert.model.layers.{i}", adaptive),
+        ):
+            ours = f"{_VLA_ENGINE}.layers.{i}.{stream}"
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                for p in _norm_params(ada):
+                    table[f"{ours}.{norm}.{p}"] = f"{ref}.{norm}.{p}"
+            for p in _GEMMA_BLOCK_LINEARS:
+                table[f"{ours}.{p}"] = f"{ref}.{p}"
+    table[f"{_VLA_ENGINE}.backbone_norm.weight"] = f"{vlm}.language_model.norm.weight"
+    for p in _norm_params(adaptive):
+        table[f"{_VLA_ENGINE}.expert_norm.{p}"] = f"{pwe}.gemma_expert.model.norm.{p}"
+
+    for name in _projection_names(config):
+        for p in ("weight", "bias"):
+            table[f"{name}.{p}"] = f"{name}.{p}"
+    return table
+
+
+def _openpi_to_transformers(key: str) -> str:
+    """openpi key -> transformers `PI0ForConditionalGeneration` key (pi0)."""
+    renames = (
+        (
+            "paligemma_with_expert.paligemma.model.vision_tower.vision_model.",
+            "model.vlm.vision_tower.",
+        ),
+        ("paligemma_with_expert.paligemma.model.", "model.vlm."),
+        ("paligemma_with_expert.gemma_expert.model.", "model.dit."),
+        ("state_proj.", "embed_action_time.state_proj."),
+        ("action_in_proj.", "embed_action_time.action_in_proj."),
+        ("action_time_mlp_in.", "embed_action_time.action_time_mlp_in."),
+        ("action_time_mlp_out.", "embed_action_time.action_time_mlp_out."),
+    )
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key  # action_out_proj.*
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown state-dict layout {layout!r}; known: {LAYOUTS}")
+
+
+def rename_map(config: PI0Config, layout: str) -> dict[str, str]:
+    """The explicit table `vla key -> <layout> key` for a model built from `config`.
+
+    `vla` is the identity. `transformers` exists for pi0 only (transformers has no pi0.5).
+    """
+    _check_layout(layout)
+    table = _vla_to_openpi(config)
+    if layout == "vla":
+        return {k: k for k in table}
+    if layout == "openpi":
+        return table
+    if layout == "lerobot":
+        return {k: f"model.{v}" for k, v in table.items()}
+    if config.is_pi05:
+        raise ValueError(
+            "transformers' PI0ForConditionalGeneration implements pi0 only; no pi0.5 layout"
+        )
+    return {k: _openpi_to_transformers(v) for k, v in table.items()}
+
+
+def _tied_lm_head(layout: str) -> str | None:
+    """The reference key tied to the token embedding (its lm_head), if that layout has one."""
+    if layout == "openpi":
+        return "paligemma_with_expert.paligemma.lm_head.weight"
+    if layout == "lerobot":
+        return "model.paligemma_with_expert.paligemma.lm_head.weight"
+    return None
+
+
+def unused_reference_keys(config: PI0Config, layout: str) -> dict[str, tuple[int, ...]]:
+    """Keys a reference model has but never uses and ours does not have -> their shapes.
+
+    Dropped by name when converting to vla; synthesised (zeros) by `export_state_dict(...,
+    include_unused=True)` so a strict load into the reference model succeeds.
+    """
+    _check_layout(layout)
+    ex = config.expert
+    if layout in ("openpi", "lerobot"):
+        prefix = "model." if layout == "lerobot" else ""
+        return {
+            f"{prefix}paligemma_with_expert.gemma_expert.lm_head.weight": (ex.vocab_size, ex.width)
+        }
+    if layout == "transformers":
+        # The stock GemmaModel of the expert gets the PaliGemma vocabulary (PI0Config.__post_init__).
+        return {"model.dit.embed_tokens.weight": (config.backbone.vocab_size, ex.width)}
+    return {}
+
+
+@dataclass
+class ConvertedStateDict:
+    """A vla-layout state dict plus what the conversion dropped (by name)."""
+
+    tensors: dict[str, Tensor]
+    dropped: list[str] = field(default_factory=list)
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor],
+    config: PI0Config,
+    layout: str,
+    *,
+    strict: bool = True,
+) -> ConvertedStateDict:
+    """Rename a `layout` state dict into ours (no model needed; shapes are not checked here).
+
+    This is the entry point for converters: e.g. vla-convert builds an openpi-layout dict from a
+    JAX checkpoint and calls `convert_state_dict(tensors, config, "openpi")`. With `strict`, any
+    key that is neither mapped nor a known unused key, and any of our keys left unfilled, raises
+    `StateDictMismatchError` listing them all.
+    """
+    table = rename_map(config, layout)
+    inverse = {ref: ours for ours, ref in table.items()}
+    unused = unused_reference_keys(config, layout)
+    tied = _tied_lm_head(layout)
+    embed_ref = table[f"{_VLA_EMBED}.weight"]
+
+    tensors: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        if key in inverse:
+            tensors[inverse[key]] = value
+        elif key in unused or (tied is not None and key == tied):
+            dropped.append(key)
+        else:
+            unexpected.append(key)
+
+    if tied is not None and tied in state_dict:
+        embed_key = f"{_VLA_EMBED}.weight"
+        lm_head = state_dict[tied]
+        if embed_key not in tensors:
+            tensors[embed_key] = lm_head  # the tied copy safetensors kept
+        elif not _same_tensor(tensors[embed_key], lm_head):
+            raise ValueError(
+                f"{tied!r} is tied to {embed_ref!r} in the reference model but the two tensors "
+                "differ; refusing to pick one"
+            )
+
+    missing = [k for k in table if k not in tensors]
+    if strict and (missing or unexpected):
+        raise StateDictMismatchError(
+            layout, missing=[table[k] for k in missing], unexpected=unexpected
+        )
+    return ConvertedStateDict(tensors=tensors, dropped=sorted(dropped))
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.device.type == "meta" or b.device.type == "meta":
+        return True
+    return bool(torch.equal(a, b.to(a.dtype)))
+
+
+def export_state_dict(
+    model: nn.Module | Mapping[str, Tensor],
+    layout: str = "vla",
+    *,
+    config: PI0Config | None = None,
+    include_unused: bool = False,
+) -> dict[str, Tensor]:
+    """Our state dict renamed into `layout` (tensors shared, not copied).
+
+    `model` is a `PI0Model` (its `.config` is used) or a vla-layout state dict plus `config`.
+    openpi / lerobot get both the token embedding and its tied `paligemma.lm_head.weight`, as
+    their `state_dict()` has. `include_unused=True` adds zero tensors for the reference's unused
+    keys (`unused_reference_keys`), which costs their memory (263 M values for full-size pi0).
+    """
+    if isinstance(model, nn.Module):
+        config = config if config is not None else getattr(model, "config", None)
+        source = model.state_dict()
+    else:
+        source = dict(model)
+    if not isinstance(config, PI0Config):
+        raise ValueError("export_state_dict needs a PI0Config (pass config= with a plain dict)")
+    table = rename_map(config, layout)
+    missing = [k for k in table if k not in source]
+    unexpected = [k for k in source if k not in table]
+    if missing or unexpected:
+        raise StateDictMismatchError("vla", missing=missing, unexpected=unexpected)
+    out = {table[k]: v for k, v in source.items()}
+    tied = _tied_lm_head(layout)
+    if tied is not None:
+        out[tied] = source[f"{_VLA_EMBED}.weight"]
+    if include_unused:
+        reference = source[f"{_VLA_ENGINE}.expert_norm." + _norm_params(config.is_pi05)[0]]
+        for key, shape in unused_reference_keys(config, layout).items():
+            out[key] = torch.zeros(shape, dtype=reference.dtype, device=reference.device)
+    return out
+
+
+def load_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    layout: str = "vla",
+    *,
+    strict: bool = True,
+) -> ConvertedStateDict:
+    """Load a `layout` state dict into our model (copying, with dtype cast to the parameters').
+
+    strict: every model key filled, no unknown key, shapes equal — else `StateDictMismatchError`
+    naming each offending key (reference names for missing keys of a reference layout).
+    Returns the conversion report (what was dropped by name).
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, PI0Config):
+        raise ValueError("load_state_dict needs a model with a PI0Config `.config`")
+    converted = convert_state_dict(state_dict, config, layout, strict=strict)
+    target = model.state_dict()
+    unexpected = [k for k in converted.tensors if k not in target]
+    missing = [k for k in target if k not in converted.tensors]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in converted.tensors.items()
+        if k in target and tuple(v.shape) != tuple(target[k].shape)
+    ]
+    if shapes or (strict and (missing or unexpected)):
+        raise StateDictMismatchError(layout, missing, unexpected, shapes)
+    model.load_state_dict(converted.tensors, strict=strict)
+    return converted
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def save_config(config: PI0Config, path: str | os.PathLike[str]) -> None:
+    """Write `config` as JSON (atomically: temp file + rename)."""
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load_config(path: str | os.PathLike[str]) -> PI0Config:
+    """Read a config written by `save_config` (a directory means its `config.json`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    payload = json.loads(path.read_text())
+    if payload.get("format") != FORMAT_NAME or "config" not in payload:
+        raise ValueError(
+            f"{path} is not a vla-core config (expected format {FORMAT_NAME!r}, "
+            f"got {payload.get('format')!r})"
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: unsupported format_version {payload.get('format_version')!r} "
+            f"(this vla-core reads {FORMAT_VERSION})"
+        )
+    return PI0Config.from_dict(payload["config"])
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """Write `model.safetensors` (vla layout) + `config.json` into `directory`, atomically.
+
+    Both files are written into a temporary sibling directory which then replaces `directory`
+    (an existing one is moved aside first and removed after the swap), so a reader never sees a
+    half-written checkpoint.
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, PI0Config):
+        raise ValueError("save_pretrained needs a model with a PI0Config `.config`")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in export_state_dict(model).items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "layout": "vla"})
+        save_config(config, tmp / CONFIG_FILE)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_pretrained(
+    directory: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    **config_overrides: Any,
+) -> nn.Module:
+    """Build a `PI0Model` from `config.json` and load `model.safetensors` strictly.
+
+    `config_overrides` replace config fields first (e.g. `attention_implementation="eager"`).
+    """
+    from vla_core.pi0 import PI0Model  # local: pi0 imports this module's siblings
+
+    directory = Path(directory)
+    config = load_config(directory / CONFIG_FILE)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    tensors = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    with torch.device(device):
+        model = PI0Model(config)
+    load_state_dict(model, tensors, "vla", strict=True)
+    return model

@@ -1,0 +1,276 @@
+"""vla-core pi0 == transformers' own `PI0ForConditionalGeneration` (issue #11), fp32 on CPU.
+
+transformers (a vla-core dependency) ships an independent pi0: a PaliGemma prefix pass that fills
+a KV cache, then a stock Gemma "DiT" over [state, actions] reading it. We build a tiny random one
+(heads / kv heads / head_dim / depth shared, GQA 4/2, N·H != width in the expert), perturb every
+zero-initialised tensor (the (1+w) RMSNorm weights, biases), move its weights into vla-core with
+the public `transformers` rename map (no test-only renaming) and compare, for every vla-core
+attention backend:
+
+- the velocity v(x_t, t) (cached and joint engine modes), one prompt right-padded;
+- `sample_actions` with the same initial noise and 4 Euler steps;
+- the training loss for the same noise and time;
+and the reverse direction (our weights exported in that layout load strictly into transformers).
+Tolerance: max|Δ| <= 1e-5 · max|reference| (README "Equivalence with transformers PI0" records
+the measured values, ~1e-7 relative).
+
+Known semantic difference, pinned below: the sinusoidal time embedding. transformers computes it
+in fp32 in openpi JAX's operation order (`freq = 1/period·2π`, then `t ⊗ freq`; JAX runs with
+x64 off), vla-core in float64 like openpi's PyTorch port and lerobot. At the real expert width
+and the tiny one alike (periods down to 4e-3) the fp32 angles carry ~1e-4 rad of rounding, so the
+two embeddings differ by ~1e-4; transformers is the one matching the JAX reference bit-for-bit.
+Through the tiny model's weights this stays far below the 1e-5 output tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from transformers import PI0Config as HFPI0Config
+from transformers import PI0ForConditionalGeneration
+
+from vla_core._testing import random_observation, tiny_pi0_config
+from vla_core.attention import flex_attention_available
+from vla_core.config import PI0Config
+from vla_core.pi0 import Observation, PI0Model, posemb_sincos
+from vla_core.state_dict import export_state_dict, load_state_dict
+
+RTOL = 1e-5  # max|Δ| relative to max|reference output|
+BACKENDS = [
+    "eager",
+    "sdpa",
+    pytest.param(
+        "flex",
+        marks=pytest.mark.skipif(not flex_attention_available(), reason="no flex_attention"),
+    ),
+]
+
+
+def hf_pi0_config(config: PI0Config) -> HFPI0Config:
+    """The transformers PI0Config with the same dimensions as our (pi0) config."""
+    bb, ex, vis = config.backbone, config.expert, config.vision
+    text = {
+        "model_type": "gemma",
+        "hidden_size": bb.width,
+        "num_hidden_layers": bb.depth,
+        "intermediate_size": bb.mlp_dim,
+        "num_attention_heads": bb.num_heads,
+        "num_key_value_heads": bb.num_kv_heads,
+        "head_dim": bb.head_dim,
+        "vocab_size": bb.vocab_size,
+        "rms_norm_eps": bb.rms_norm_eps,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": vis.width,
+        "intermediate_size": vis.mlp_dim,
+        "num_hidden_layers": vis.depth,
+        "num_attention_heads": vis.num_heads,
+        "patch_size": vis.patch_size,
+        "image_size": vis.image_size,
+        "layer_norm_eps": vis.layer_norm_eps,
+        "vision_use_head": False,
+    }
+    dit = {
+        "model_type": "gemma",
+        "hidden_size": ex.width,
+        "num_hidden_layers": ex.depth,
+        "intermediate_size": ex.mlp_dim,
+        "num_attention_heads": ex.num_heads,
+        "num_key_value_heads": ex.num_kv_heads,
+        "head_dim": ex.head_dim,
+        "rms_norm_eps": ex.rms_norm_eps,
+    }
+    return HFPI0Config(
+        vlm_config={
+            "model_type": "paligemma",
+            "text_config": text,
+            "vision_config": vision,
+            "projection_dim": bb.width,
+            "image_token_id": bb.vocab_size,  # a placeholder id outside the vocabulary
+        },
+        dit_config=dit,
+        chunk_size=config.action_horizon,
+        max_state_dim=config.state_dim,
+        max_action_dim=config.action_dim,
+        min_period=config.time_min_period,
+        max_period=config.time_max_period,
+    )
+
+
+@torch.no_grad()
+def perturb_zero_tensors(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> int:
+    """Fill every all-zero parameter (RMSNorm (1+w) weights, biases) with noise; return count."""
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    for param in model.parameters():
+        if not param.any():
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+            count += 1
+    return count
+
+
+def hf_inputs(config: PI0Config, obs: Observation) -> dict[str, Any]:
+    """Our observation in transformers' form: image placeholders then the prompt."""
+    images, camera_mask = obs.stacked_images()
+    batch = images.shape[0]
+    image_ids = torch.full(
+        (batch, config.num_cameras * config.vision.num_patches), config.backbone.vocab_size
+    )
+    return {
+        "input_ids": torch.cat([image_ids, obs.tokens], dim=1),
+        "attention_mask": torch.cat([torch.ones_like(image_ids), obs.token_mask.long()], dim=1),
+        "pixel_values": images,
+        "pixel_attention_mask": camera_mask,
+        "state": obs.state,
+    }
+
+
+def max_rel(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours - reference).abs().max() / reference.abs().max())
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[PI0Config, PI0ForConditionalGeneration]:
+    torch.manual_seed(0)
+    config = tiny_pi0_config("pi0")
+    hf = PI0ForConditionalGeneration(hf_pi0_config(config)).eval()
+    assert perturb_zero_tensors(hf) > 0
+    assert all(p.any() for p in hf.parameters())
+    return config, hf
+
+
+def vla_from_hf(config: PI0Config, hf: PI0ForConditionalGeneration, backend: str) -> PI0Model:
+    model = PI0Model(config.replace(attention_implementation=backend)).eval()
+    report = load_state_dict(model, hf.state_dict(), layout="transformers", strict=True)
+    assert report.dropped == ["model.dit.embed_tokens.weight"]  # the DiT's unused embedding
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, Any]:
+    config = tiny_pi0_config("pi0")
+    obs = random_observation(config, batch_size=2, seed=3)  # sample 1: prompt right-padded by 3
+    assert not bool(obs.token_mask.all())
+    gen = torch.Generator().manual_seed(4)
+    shape = (2, config.action_horizon, config.action_dim)
+    return {
+        "obs": obs,
+        "x_t": torch.randn(shape, generator=gen),
+        "noise": torch.randn(shape, generator=gen),
+        "actions": torch.randn(shape, generator=gen),
+        "time": torch.tensor([0.37, 0.81]),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["cached", "joint"])
+def test_velocity_matches_transformers(reference, batch, backend: str, mode: str) -> None:
+    config, hf = reference
+    model = vla_from_hf(config, hf, backend)
+    with torch.no_grad():
+        expected = hf(
+            noise=batch["x_t"], timestep=batch["time"], **hf_inputs(config, batch["obs"])
+        ).logits
+        ours = model.predict_velocity(batch["obs"], batch["x_t"], batch["time"], mode=mode)
+    assert ours.shape == expected.shape
+    assert max_rel(ours, expected) <= RTOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_actions_matches_transformers(reference, batch, backend: str) -> None:
+    config, hf = reference
+    model = vla_from_hf(config, hf, backend)
+    inputs = hf_inputs(config, batch["obs"])
+    with torch.no_grad():
+        expected = hf.sample_actions(noise=batch["noise"].clone(), num_steps=4, **inputs)
+        ours = model.sample_actions(batch["obs"], noise=batch["noise"].clone(), num_steps=4)
+    assert max_rel(ours, expected) <= RTOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_loss_matches_transformers(reference, batch, backend: str) -> None:
+    config, hf = reference
+    model = vla_from_hf(config, hf, backend)
+    inputs = hf_inputs(config, batch["obs"])
+    with torch.no_grad():
+        expected = hf(
+            noise=batch["noise"], timestep=batch["time"], actions=batch["actions"], **inputs
+        ).loss
+        ours = model(
+            batch["obs"], batch["actions"], noise=batch["noise"], time=batch["time"]
+        ).mean()
+    assert abs(float(ours - expected)) <= RTOL * abs(float(expected))
+
+
+def test_export_loads_strictly_into_transformers(batch) -> None:
+    """Reverse direction: our random weights -> transformers layout -> strict load -> same outputs."""
+    torch.manual_seed(5)
+    config = tiny_pi0_config("pi0", attention_implementation="sdpa")
+    model = PI0Model(config).eval()
+    perturb_zero_tensors(model, seed=6)
+    exported = export_state_dict(model, layout="transformers", include_unused=True)
+    hf = PI0ForConditionalGeneration(hf_pi0_config(config)).eval()
+    result = hf.load_state_dict(exported, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+    inputs = hf_inputs(config, batch["obs"])
+    with torch.no_grad():
+        v_hf = hf(noise=batch["x_t"], timestep=batch["time"], **inputs).logits
+        v_ours = model.predict_velocity(batch["obs"], batch["x_t"], batch["time"], mode="cached")
+        a_hf = hf.sample_actions(noise=batch["noise"].clone(), num_steps=4, **inputs)
+        a_ours = model.sample_actions(batch["obs"], noise=batch["noise"].clone(), num_steps=4)
+    assert max_rel(v_ours, v_hf) <= RTOL
+    assert max_rel(a_ours, a_hf) <= RTOL
+
+
+def test_export_without_unused_keys_names_them() -> None:
+    config = tiny_pi0_config("pi0")
+    model = PI0Model(config)
+    hf = PI0ForConditionalGeneration(hf_pi0_config(config))
+    result = hf.load_state_dict(export_state_dict(model, layout="transformers"), strict=False)
+    assert result.missing_keys == ["model.dit.embed_tokens.weight"]
+    assert not result.unexpected_keys
+
+
+def _jax_order_fp32(
+    time: torch.Tensor, dim: int, min_period: float, max_period: float
+) -> torch.Tensor:
+    """openpi JAX `posemb_sincos` written out in fp32 with the same operation order."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = time.float()[:, None] * (1.0 / period * 2 * math.pi)[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+def test_time_embedding_difference_is_the_documented_one() -> None:
+    """transformers' sinusoid == JAX order in fp32; ours == float64; they differ by ~1e-4 (the
+    fp32 rounding of angles up to t·2π/4e-3 ≈ 1571 rad), at the real expert width and the tiny one."""
+    time = torch.tensor([0.001, 0.37, 0.81, 1.0])
+    for width in (1024, 32):
+        config = tiny_pi0_config("pi0")
+        hf_config = hf_pi0_config(config)
+        hf_config.dit_config.hidden_size = width
+        from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
+
+        hf_embed = PI0TimestepEmbeddings(hf_config)(time)
+        jax_order = _jax_order_fp32(time, width, config.time_min_period, config.time_max_period)
+        ours = posemb_sincos(time, width, config.time_min_period, config.time_max_period)
+        exact = _float64_reference(time, width, config.time_min_period, config.time_max_period)
+        assert torch.equal(hf_embed, jax_order)
+        assert (ours - exact).abs().max() <= 1e-7
+        difference = float((ours - hf_embed).abs().max())
+        assert 1e-6 < difference <= 5e-4  # a real, documented difference, not noise
+
+
+def _float64_reference(
+    time: torch.Tensor, dim: int, min_period: float, max_period: float
+) -> torch.Tensor:
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = time.double()[:, None] * (2 * math.pi) / period[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1).float()
