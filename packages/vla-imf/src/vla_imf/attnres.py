@@ -1,0 +1,142 @@
+"""Full / Block Attention-Residual transformer over `[r, t, obs…, action…]` tokens (the seed).
+
+Each sublayer's input is a softmax over depth of earlier representations (arXiv 2603.15031):
+`h_l = Σ_i softmax_i(w_lᵀ rms(v_i)) · v_i`, with one zero-initialised pseudo-query `w_l` per
+sublayer, weightless key RMS norm and no 1/√d. Sublayers alternate GQA (RoPE) and SwiGLU, each
+with its own RMSNorm pre-norm. The trunk output is the plain sum of all sources, matching the
+PyPI `attn-res` 0.1.0 reference (`attn_res/main.py`) with its causal mask removed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vla_imf._checks import check_backbone_inputs
+from vla_imf.config import BackboneConfig
+from vla_imf.layers import (
+    GroupedQueryAttention,
+    RMSNorm,
+    SinusoidalTimeEmbedding,
+    SwiGLU,
+    init_linear_normal,
+    rms_normalize,
+    rope_cos_sin,
+)
+
+
+class AttnResOperator(nn.Module):
+    """Softmax over the source (depth) axis with an input-independent pseudo-query."""
+
+    def __init__(self, n_emb: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.pseudo_query = nn.Parameter(torch.zeros(n_emb))
+
+    def weights(self, sources: Tensor) -> Tensor:  # [N, B, L, D] -> [N, B, L]
+        keys = rms_normalize(sources, self.eps)
+        logits = torch.einsum("d,nbld->nbl", self.pseudo_query.to(sources.dtype), keys)
+        return torch.softmax(logits, dim=0)
+
+    def forward(self, sources: Tensor) -> Tensor:  # [N, B, L, D] -> [B, L, D]
+        return torch.einsum("nbl,nbld->bld", self.weights(sources), sources)
+
+
+class AttnResSubLayer(nn.Module):
+    """`f(RMSNorm(AttnRes(sources)))` with f = GQA (even index) or SwiGLU (odd index).
+
+    This is the unit that gradient checkpointing wraps.
+    """
+
+    def __init__(self, config: BackboneConfig, is_attention: bool) -> None:
+        super().__init__()
+        self.is_attention = is_attention
+        self.attn_res = AttnResOperator(config.n_emb, config.eps)
+        self.norm = RMSNorm(config.n_emb, config.eps)
+        self.fn: nn.Module
+        if is_attention:
+            self.fn = GroupedQueryAttention(
+                config.n_emb,
+                config.n_head,
+                config.n_kv_head,
+                dropout=config.p_drop_attn,
+                implementation=config.attention_implementation,
+            )
+        else:
+            self.fn = SwiGLU(config.n_emb, config.ffn_mult, dropout=config.p_drop_attn)
+
+    def forward(self, sources: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        h = self.norm(self.attn_res(sources))  # [B, L, D]
+        if self.is_attention:
+            return self.fn(h, cos, sin)
+        return self.fn(h)
+
+
+class AttnResBackbone(nn.Module):
+    """`u_θ(sample [B,T,Da], r [B], t [B], cond [B,To,Dc]) -> [B,T,Da]`, non-causal.
+
+    `kind="attnres_full"` aggregates the embedding and every earlier sublayer output;
+    `kind="attnres_block"` aggregates completed block sums plus the running partial sum of the
+    current block (`attnres_block_size` sublayers per block; size 1 equals Full AttnRes).
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if config.kind not in ("attnres_full", "attnres_block"):
+            raise ValueError(f"AttnResBackbone needs an attnres kind, got {config.kind!r}")
+        self.config = config
+        d = config.n_emb
+        self.time_emb = SinusoidalTimeEmbedding(d, config.time_scale)
+        self.time_token_proj = nn.Linear(d, d)  # shared by r and t
+        self.cond_obs_emb = nn.Linear(config.cond_dim, d)
+        self.input_emb = nn.Linear(config.input_dim, d)
+        self.drop = nn.Dropout(config.p_drop_emb)
+        self.layers = nn.ModuleList(
+            AttnResSubLayer(config, is_attention=(i % 2 == 0)) for i in range(2 * config.n_layer)
+        )
+        self.norm_out = RMSNorm(d, config.eps)
+        self.head = nn.Linear(d, config.output_dim)
+        init_linear_normal(self)
+
+    def embed(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Token sequence `[r, t, obs_1..obs_To, act_1..act_T]` -> `[B, 2+To+T, D]`."""
+        r_token = self.time_token_proj(self.time_emb(r))[:, None]
+        t_token = self.time_token_proj(self.time_emb(t))[:, None]
+        tokens = torch.cat([r_token, t_token, self.cond_obs_emb(cond), self.input_emb(sample)], 1)
+        return self.drop(tokens)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Run the AttnRes stack on embedded tokens `[B, L, D]`; returns the sum of all sources."""
+        cos, sin = rope_cos_sin(
+            self.config.n_emb // self.config.n_head,
+            x.shape[1],
+            self.config.rope_theta,
+            dtype=x.dtype,
+            device=x.device,
+        )
+        if self.config.kind == "attnres_full":
+            sources = [x]
+            for layer in self.layers:
+                sources.append(layer(torch.stack(sources), cos, sin))
+            return torch.stack(sources).sum(0)
+        block_size = self.config.attnres_block_size
+        blocks: list[Tensor] = [x]  # b_0 = embedding, then completed block sums
+        partial: Tensor | None = None  # running sum of the current block's sublayer outputs
+        for i, layer in enumerate(self.layers):
+            current = blocks if partial is None else [*blocks, partial]
+            out = layer(torch.stack(current), cos, sin)
+            if i > 0 and i % block_size == 0 and partial is not None:
+                blocks.append(partial)
+                partial = None
+            partial = out if partial is None else partial + out
+        assert partial is not None
+        return torch.stack([*blocks, partial]).sum(0)
+
+    def features(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Normalised trunk output at the action positions, `[B, T, D]`."""
+        check_backbone_inputs(self.config, sample, r, t, cond)
+        h = self.trunk(self.embed(sample, r, t, cond))
+        return self.norm_out(h[:, -sample.shape[1] :])
+
+    def forward(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return self.head(self.features(sample, r, t, cond))
