@@ -10,8 +10,13 @@ def test_version_comes_from_metadata() -> None:
     assert vla_train.__version__.count(".") == 2
 
 
-def test_cli_exits_nonzero_with_a_message_when_nothing_can_run(capsys) -> None:
-    from vla_train import cli
-
-    assert cli.main([]) == 2
-    assert "no experiment" in capsys.readouterr().err
+def test_console_scripts_point_at_the_hydra_app_and_the_report() -> None:
+    scripts = {
+        ep.name: ep.value
+        for ep in importlib.metadata.entry_points(group="console_scripts")
+        if ep.name.startswith("vla-train")
+    }
+    assert scripts == {
+        "vla-train": "vla_train.cli:main",
+        "vla-train-report": "vla_train.report:main",
+    }

@@ -1,16 +1,15 @@
 """`vla-train` console script: the Hydra app (config in vla_train/conf, shipped as package data).
 
-    vla-train                                   # embedded default: train + eval on PushT (CPU)
-    vla-train policy=imf_vanilla train.max_steps=500
-    vla-train experiment=sweep                  # the 9-run n_emb x n_layer grid (multirun)
-    vla-train experiment=report report.sweep_dir=outputs/sweep_grid
-    torchrun --nproc_per_node=2 -m vla_train.cli experiment=smoke   # DDP, same entry point
+vla-train                                   # embedded default: train + eval on PushT (CPU)
+vla-train policy=imf_vanilla train.max_steps=500
+vla-train experiment=sweep                  # the 9-run n_emb x n_layer grid (multirun)
+vla-train experiment=report report.sweep_dir=outputs/sweep_grid
+torchrun --nproc_per_node=2 -m vla_train.cli experiment=smoke   # DDP, same entry point
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -65,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

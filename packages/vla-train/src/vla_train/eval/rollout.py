@@ -78,8 +78,8 @@ class EvalResult:
 
 
 def make_env(obs_type: str, max_steps: int, render: bool = False) -> Any:
-    import gymnasium as gym
     import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+    import gymnasium as gym
 
     return gym.make(
         "gym_pusht/PushT-v0",

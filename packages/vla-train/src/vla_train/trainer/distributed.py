@@ -96,3 +96,15 @@ class ShardedEpochSampler:
         shard = perm[self.rank :: self.world_size].tolist()
         for b in range(start, len(self)):
             yield shard[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+@torch.no_grad()
+def replica_divergence(module: torch.nn.Module, info: DistInfo) -> float:
+    """Max |θ_rank − θ_rank0| over all parameters and ranks: 0.0 when DDP kept replicas in
+    sync (each rank saw different data and noise, so any missed all-reduce shows up here)."""
+    if not info.enabled:
+        return 0.0
+    flat = torch.cat([p.detach().float().flatten() for p in module.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(info.world_size)]
+    dist.all_gather(gathered, flat)
+    return max(float((g - gathered[0]).abs().max()) for g in gathered)

@@ -45,6 +45,7 @@ from vla_train.trainer.distributed import (
     ShardedEpochSampler,
     barrier,
     init_distributed,
+    replica_divergence,
     shutdown,
 )
 from vla_train.trainer.ema import EMA
@@ -94,7 +95,7 @@ def obs_keys(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def run_evaluation(
-    model: IMFPolicy, cfg: DictConfig, device: torch.device, video_dir: Path | None
+    model: Any, cfg: DictConfig, device: torch.device, video_dir: Path | None
 ) -> EvalResult:
     """gym-pusht rollouts of `model` under a forked, fixed RNG (sampling noise is reproducible
     and training randomness is left untouched)."""
@@ -156,7 +157,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     optimizer = policy.configure_optimizers(
         weight_decay=float(tc.weight_decay),
         learning_rate=float(tc.learning_rate),
-        betas=tuple(float(b) for b in tc.betas),
+        betas=(float(tc.betas[0]), float(tc.betas[1])),
     )
     max_steps = int(tc.max_steps)
     scheduler = build_scheduler(
@@ -314,7 +315,11 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
                     loss_value = float(value)
                     lr = scheduler.get_last_lr()[0]
                     recent = [*recent[-49:], loss_value]
-                    metrics = {"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch}
+                    metrics: dict[str, float] = {
+                        "train/loss": loss_value,
+                        "train/lr": float(lr),
+                        "train/epoch": float(epoch),
+                    }
                     if grad_norm is not None:
                         metrics["train/grad_norm"] = float(grad_norm)
                     if info.is_main:
@@ -352,9 +357,10 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
         if curve is not None:
             curve.close()
 
+    divergence = replica_divergence(policy, info)
     metrics_out: dict[str, Any] = {}
     if info.is_main:
-        eval_model = ema.model if (ema is not None and cfg.eval.use_ema) else policy
+        eval_model: Any = ema.model if (ema is not None and cfg.eval.use_ema) else policy
         video_dir = run_dir / "videos" if int(cfg.eval.n_videos) > 0 else None
         res = run_evaluation(eval_model, cfg, device, video_dir)
         logger.log(res.summary(), step)
@@ -385,6 +391,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
             "steps": step,
             "batch_size": int(tc.batch_size),
             "world_size": info.world_size,
+            "ddp_max_param_divergence": divergence,
             "device": str(device),
             "final_loss": float(np.mean(recent)) if recent else None,
             "data_wall_s": data_s,

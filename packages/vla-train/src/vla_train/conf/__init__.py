@@ -1,0 +1,1 @@
+"""Hydra configs of the vla-train app (package data, read with the compose API or @hydra.main)."""

@@ -1,0 +1,136 @@
+"""Pins the trainer's small parts against closed forms: warmup+cosine schedule, EMA decay rule
+and averaging, epoch sharding across ranks, atomic checkpoint round trip incl. RNG state."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vla_train.trainer.checkpoint import (
+    Position,
+    latest_checkpoint,
+    load_train_state,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vla_train.trainer.distributed import ShardedEpochSampler
+from vla_train.trainer.ema import EMA
+from vla_train.trainer.schedule import build_scheduler, cosine_with_warmup
+
+
+def test_schedule_warms_up_linearly_then_follows_half_cosine() -> None:
+    kw = {"warmup_steps": 10, "max_steps": 110, "min_ratio": 0.1}
+    assert cosine_with_warmup(0, **kw) == pytest.approx(0.1)
+    assert cosine_with_warmup(9, **kw) == pytest.approx(1.0)
+    for step in (10, 35, 60, 85, 110):
+        p = (step - 10) / 100
+        expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+        assert cosine_with_warmup(step, **kw) == pytest.approx(expected, abs=1e-12)
+    assert cosine_with_warmup(10_000, **kw) == pytest.approx(0.1)  # clamps after max_steps
+    with pytest.raises(ValueError, match="min_ratio"):
+        cosine_with_warmup(0, warmup_steps=1, max_steps=10, min_ratio=2.0)
+
+
+def test_scheduler_drives_the_optimizer_lr() -> None:
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=2.0)
+    sched = build_scheduler(opt, warmup_steps=4, max_steps=8, min_ratio=0.0)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    assert lrs[4] == pytest.approx(2.0) and lrs[-1] < lrs[4]
+
+
+def test_ema_decay_rule_and_average() -> None:
+    model = nn.Linear(3, 2)
+    ema = EMA(model, power=0.75, max_decay=0.9999)
+    assert ema.decay(1) == 0.0  # first update copies the weights
+    assert ema.decay(11) == pytest.approx(1 - 11**-0.75)
+    assert ema.decay(10**9) == pytest.approx(0.9999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    assert torch.equal(ema.model.weight, model.weight)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)  # decay(2) = 1 - 2^-0.75
+    d = 1 - 2**-0.75
+    torch.testing.assert_close(ema.model.weight, torch.full((2, 3), d * 1.0 + (1 - d) * 3.0))
+    assert not ema.model.weight.requires_grad
+    with pytest.raises(ValueError, match="max_decay"):
+        EMA(model, max_decay=1.0)
+
+
+def test_sharded_sampler_partitions_each_epoch_and_resumes_mid_epoch() -> None:
+    n, bs = 103, 8
+    shards = [ShardedEpochSampler(n, bs, rank=r, world_size=2, seed=3) for r in range(2)]
+    assert len(shards[0]) == (n // 2) // bs
+    seen = [i for s in shards for b in s.batches(epoch=0) for i in b]
+    assert len(seen) == len(set(seen)) == 2 * len(shards[0]) * bs  # disjoint, no repeats
+    again = [i for b in shards[0].batches(epoch=0) for i in b]
+    assert again == [i for b in shards[0].batches(epoch=0) for i in b]  # deterministic
+    assert list(shards[0].batches(epoch=1)) != list(shards[0].batches(epoch=0))
+    full = list(shards[1].batches(epoch=4))
+    assert list(shards[1].batches(epoch=4, start=2)) == full[2:]
+    tiny = ShardedEpochSampler(5, 64, rank=0, world_size=1, seed=0)
+    assert len(tiny) == 1 and len(next(tiny.batches(0))) == 5
+    with pytest.raises(ValueError, match="fewer than"):
+        ShardedEpochSampler(1, 4, rank=0, world_size=2, seed=0)
+
+
+def test_rng_state_round_trip_restores_every_generator() -> None:
+    state = rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(3))
+    set_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(3))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, ema_model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 4)
+    model.register_buffer("stat", torch.arange(4.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    for step in (10, 20, 30):
+        path = save_checkpoint(
+            tmp_path,
+            position=Position(step, 1, 2),
+            model=model,
+            ema_model=ema_model,
+            config={"a": 1},
+            train_state={"optimizer": opt.state_dict()},
+            keep_last=2,
+        )
+    assert latest_checkpoint(tmp_path) == path
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step_0000020",
+        "step_0000030",
+    ]  # no temp dirs left, pruned to keep_last
+    state = load_train_state(path)  # weights_only=True
+    assert state["position"] == {"step": 30, "epoch": 1, "batch": 2}
+    clone = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    clone.register_buffer("stat", torch.zeros(4))
+    load_weights(clone, path / "model.safetensors")
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), clone.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    opt2 = torch.optim.AdamW(clone.parameters(), lr=1e-3)
+    opt2.load_state_dict(state["optimizer"])
+    torch.testing.assert_close(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
+    with pytest.raises(KeyError, match="missing keys"):
+        load_weights(nn.Linear(4, 4), path / "model.safetensors")
