@@ -1,0 +1,325 @@
+"""A scripted PushT expert: greedy push primitives chosen by rollouts in a cloned simulator.
+
+The T is quasi-static (gym-pusht zeroes its velocity every substep) and contacts are frictionless,
+so a push moves it only while the agent presses on an edge, along that edge's normal. Each
+decision samples primitives -- a contact point on the T outline, a push length along the inward
+normal -- scores them by simulating the push alone, then simulates the best few *in full*
+(collision-free approach around the T, push, short retreat) from the true state and executes the
+one with the lowest SE(2) keypoint error plus a per-step cost. Every action moves the target by a
+bounded step, so the demonstrations are smooth.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import shapely.geometry as sg
+
+from vla_train.pusht.sim import AGENT_RADIUS, ARENA_HIGH, ARENA_LOW, GOAL_POSE, PushTSim, SimState
+
+# The T outline in the block's body frame (gym-pusht `add_tee`, scale 30): bar x in [-60, 60],
+# y in [0, 30]; stem x in [-15, 15], y in [30, 120]. Vertex i joins edge i-1 and edge i.
+T_OUTLINE = np.array(
+    [(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], float
+)
+EDGE_NORMALS = np.array([(0, -1), (1, 0), (0, 1), (1, 0), (0, 1), (-1, 0), (0, 1), (-1, 0)], float)
+# The 8 corners in `PushTEnv.get_keypoints` order (bar then stem).
+T_KEYPOINTS = np.array(
+    [(-60, 30), (60, 30), (60, 0), (-60, 0), (-15, 30), (-15, 120), (15, 120), (15, 30)], float
+)
+SUCCESS_CHECK_ERROR = 6.0  # px; coverage > 0.95 needs a pose error of a few pixels
+
+
+def rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def to_world(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Body-frame points [N, 2] -> world [N, 2] for a block pose (x, y, angle)."""
+    return points @ rotation(float(pose[2])).T + pose[:2]
+
+
+def pose_error(pose: np.ndarray, goal: np.ndarray = GOAL_POSE) -> float:
+    """RMS distance (px) between the T's 8 corners at `pose` and at `goal`: one number that
+    weighs translation and rotation by the T's own size."""
+    d = to_world(pose, T_KEYPOINTS) - to_world(goal, T_KEYPOINTS)
+    return float(np.sqrt((d**2).sum(1).mean()))
+
+
+def world_polygon(pose: np.ndarray) -> sg.Polygon:
+    return sg.Polygon(to_world(pose, T_OUTLINE))
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Knobs of the planner (lengths in pixels, speeds in pixels per 10 Hz control step)."""
+
+    contact_spacing: float = 12.0  # distance between sampled contact points along an edge
+    contact_margin: float = 3.0  # keep contacts this far from edge ends
+    contact_gap: float = 5.0  # agent surface to T edge before a push
+    max_push: float = 80.0  # deepest push probed past first contact
+    fine_error: float = 10.0  # below this pose error, probe short slow pushes instead
+    fine_max_push: float = 20.0
+    fine_push_speed: float = 3.0
+    approach_speed: float = 30.0
+    push_speed: float = 12.0
+    min_step: float = 2.0  # smallest target move while decelerating
+    settle_steps: int = 2  # hold the push end so the lagging PD agent gets there
+    retreat: float = 8.0  # back off after a push so the next decision starts contact-free
+    path_clearance: float = 10.0  # approach waypoints stay this far beyond the agent radius
+    top_k: int = 6  # primitives simulated in full (approach + push + retreat)
+    step_cost: float = 0.15  # pose error (px) a primitive must save per control step it spends
+
+    def __post_init__(self) -> None:
+        for name in (
+            "contact_spacing",
+            "contact_gap",
+            "max_push",
+            "approach_speed",
+            "push_speed",
+            "min_step",
+            "fine_max_push",
+            "fine_push_speed",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ExpertConfig.{name}={getattr(self, name)}: must be > 0")
+        if self.top_k < 1 or self.settle_steps < 0 or self.retreat < 0 or self.step_cost < 0:
+            raise ValueError("ExpertConfig: top_k >= 1, settle_steps/retreat/step_cost >= 0")
+
+
+def _contacts(config: ExpertConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Body-frame contact points [C, 2] and their outward normals [C, 2]."""
+    points, normals = [], []
+    for i in range(len(T_OUTLINE)):
+        a, b = T_OUTLINE[i], T_OUTLINE[(i + 1) % len(T_OUTLINE)]
+        length = float(np.linalg.norm(b - a))
+        usable = length - 2 * config.contact_margin
+        n = max(1, int(np.ceil(usable / config.contact_spacing)))
+        for u in (np.arange(n) + 0.5) / n:
+            points.append(a + (b - a) * (config.contact_margin + u * usable) / length)
+            normals.append(EDGE_NORMALS[i])
+    return np.array(points), np.array(normals)
+
+
+def ramp(start: np.ndarray, end: np.ndarray, vmax: float, vmin: float) -> list[np.ndarray]:
+    """Targets from `start` (exclusive) to `end` (inclusive): steps of at most `vmax`, shrinking
+    to half the remaining distance near the end so the PD agent arrives without a jump."""
+    targets, pos = [], start.astype(float)
+    while True:
+        remaining = float(np.linalg.norm(end - pos))
+        if remaining <= vmin:
+            targets.append(end.astype(float))
+            return targets
+        step = min(vmax, max(vmin, 0.5 * remaining))
+        pos = pos + (end - pos) * (step / remaining)
+        targets.append(pos)
+
+
+def polyline_targets(points: list[np.ndarray], vmax: float, vmin: float) -> list[np.ndarray]:
+    """Targets along a polyline at <= `vmax` per step, decelerating only at the final point."""
+    total = sum(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(points))
+    if total < 1e-9:
+        return []
+    targets, travelled, s = [], 0.0, 0.0
+    seg_lengths = [float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(points)]
+    while total - s > vmin:
+        s += min(vmax, max(vmin, 0.5 * (total - s)))
+        # locate arc length s on the polyline
+        travelled, i = 0.0, 0
+        while i < len(seg_lengths) - 1 and travelled + seg_lengths[i] < s:
+            travelled += seg_lengths[i]
+            i += 1
+        u = 0.0 if seg_lengths[i] == 0 else min(1.0, (s - travelled) / seg_lengths[i])
+        targets.append(points[i] + (points[i + 1] - points[i]) * u)
+    targets.append(points[-1].astype(float))
+    return targets
+
+
+def _segment_clear(a: np.ndarray, b: np.ndarray, block: sg.Polygon, min_dist: float) -> bool:
+    return bool(sg.LineString([a, b]).distance(block) >= min_dist)
+
+
+def approach_path(
+    start: np.ndarray, goal: np.ndarray, pose: np.ndarray, config: ExpertConfig
+) -> list[np.ndarray] | None:
+    """Shortest path start -> goal (agent centres) that keeps the agent off the T: Dijkstra on a
+    visibility graph whose nodes are the T's corners pushed out by radius + clearance."""
+    block = world_polygon(pose)
+    inflate = AGENT_RADIUS + config.path_clearance
+    corners = T_OUTLINE + inflate * (EDGE_NORMALS[np.arange(8) - 1] + EDGE_NORMALS)
+    # Corners beyond a wall are pulled back inside; a segment they spoil fails the check below.
+    waypoints = list(np.clip(to_world(pose, corners), ARENA_LOW, ARENA_HIGH))
+    nodes = [start, *waypoints, goal]
+    goal_id = len(nodes) - 1
+    # A segment may come as close to the T as its endpoints already are (start may be touching).
+    floor = AGENT_RADIUS + config.contact_gap - 0.5
+    start_floor = min(floor, float(sg.Point(start).distance(block)) - 0.5)
+    dist = {0: 0.0}
+    prev: dict[int, int] = {}
+    heap = [(0.0, 0)]
+    done: set[int] = set()
+    while heap:
+        d, i = heapq.heappop(heap)
+        if i in done:
+            continue
+        done.add(i)
+        if i == goal_id:
+            break
+        for j in range(1, len(nodes)):
+            if j in done:
+                continue
+            if not _segment_clear(nodes[i], nodes[j], block, start_floor if i == 0 else floor):
+                continue
+            nd = d + float(np.linalg.norm(nodes[j] - nodes[i]))
+            if nd < dist.get(j, np.inf):
+                dist[j], prev[j] = nd, i
+                heapq.heappush(heap, (nd, j))
+    if goal_id not in done:
+        return None
+    path, i = [goal], goal_id
+    while prev.get(i, 0) != 0:
+        i = prev[i]
+        path.append(nodes[i])
+    return path[::-1]
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """A planned action sequence and the simulator's prediction of where it leaves the T."""
+
+    targets: np.ndarray  # [T, 2] float32 absolute agent targets, one per control step
+    predicted: SimState
+    error: float  # pose_error of the predicted final pose
+
+
+class PushTExpert:
+    """Closed-loop: call `plan(state)` on the env's current state, execute the targets, repeat."""
+
+    def __init__(self, config: ExpertConfig | None = None) -> None:
+        self.config = config or ExpertConfig()
+        self.sim = PushTSim()
+        self._contact_points, self._contact_normals = _contacts(self.config)
+        self.planning_seconds = 0.0  # wall clock spent in plan()
+        self.planning_cpu_seconds = 0.0  # process CPU time spent in plan() (robust to load)
+
+    def _rollout(self, state: SimState, targets: list[np.ndarray]) -> tuple[np.ndarray, SimState]:
+        self.sim.load(state)
+        arr = np.asarray(targets, dtype=np.float32)
+        for target in arr:
+            self.sim.step(target)
+        return arr, self.sim.save()
+
+    def _rollout_until_success(
+        self, state: SimState, targets: list[np.ndarray]
+    ) -> tuple[np.ndarray, SimState, int | None]:
+        """Like `_rollout`, also reporting the first step whose coverage passes the env's
+        success threshold (checked only when the pose is close, coverage is costly)."""
+        self.sim.load(state)
+        arr = np.asarray(targets, dtype=np.float32)
+        for i, target in enumerate(arr):
+            self.sim.step(target)
+            if (
+                pose_error(self.sim.block_pose()) < SUCCESS_CHECK_ERROR
+                and self.sim.coverage() > 0.95
+            ):
+                return arr, self.sim.save(), i
+        return arr, self.sim.save(), None
+
+    def _push_targets(
+        self, pre: np.ndarray, normal: np.ndarray, length: float, speed: float
+    ) -> list[np.ndarray]:
+        c = self.config
+        end = pre - normal * (c.contact_gap + length)
+        out = ramp(pre, end, speed, min(c.min_step, speed))
+        out += [end] * c.settle_steps
+        out += ramp(end, end + normal * (c.contact_gap + length + c.retreat), c.approach_speed, 4.0)
+        return out
+
+    def _probe(
+        self, state: SimState, pre: np.ndarray, normal: np.ndarray, max_push: float, speed: float
+    ) -> list[tuple[float, float]]:
+        """Teleport the agent to `pre` and push along `-normal` at constant speed up to
+        `max_push`; after each step, (pose error, push depth reached by the agent).
+        One rollout scores every push length of a contact; the winners are re-simulated exactly."""
+        c = self.config
+        self.sim.load(SimState(tuple(pre), (0.0, 0.0), *_block_fields(state)))
+        depth_max = c.contact_gap + max_push
+        n_steps = int(np.ceil(depth_max / speed)) + c.settle_steps
+        out = []
+        for i in range(1, n_steps + 1):
+            depth = min(i * speed, depth_max)
+            self.sim.step((pre - normal * depth).astype(np.float32))
+            reached = float(np.dot(pre - np.array(self.sim.agent.position), normal)) - c.contact_gap
+            if reached > 0.5:
+                out.append((pose_error(self.sim.block_pose()), reached))
+        return out
+
+    def plan(self, state: SimState, steps_left: int = 300) -> Primitive:
+        """Choose the next primitive for the env state `state`; see the module docstring."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        c = self.config
+        pose = state.block_pose
+        block = world_polygon(pose)
+        rot = rotation(float(pose[2]))
+        contacts = self._contact_points @ rot.T + pose[:2]
+        normals = self._contact_normals @ rot.T
+        fine = pose_error(pose) < c.fine_error
+        max_push = c.fine_max_push if fine else c.max_push
+        push_speed = c.fine_push_speed if fine else c.push_speed
+        scored: list[tuple[float, int, float]] = []
+        for k in range(len(contacts)):
+            pre = contacts[k] + normals[k] * (AGENT_RADIUS + c.contact_gap)
+            if not (ARENA_LOW <= pre[0] <= ARENA_HIGH and ARENA_LOW <= pre[1] <= ARENA_HIGH):
+                continue
+            if sg.Point(pre).distance(block) < AGENT_RADIUS + c.contact_gap - 0.5:
+                continue  # inside a concave corner: the agent would hit the other arm
+            probe = self._probe(state, pre, normals[k], max_push, push_speed)
+            # the best stopping depth of this contact, and the candidate lengths near it
+            for error, reached in probe:
+                scored.append((error, k, reached))
+        scored.sort()
+        best: Primitive | None = None
+        best_score = np.inf
+        agent = np.array(state.agent_pos)
+        # Price a control step at the error rate still needed to finish in time (at least
+        # `step_cost`): far from the goal this favours short, efficient primitives.
+        step_cost = max(c.step_cost, pose_error(pose) / max(steps_left, 1))
+        tried: list[tuple[int, float]] = []
+        for _, k, length in scored:
+            if len(tried) == c.top_k:
+                break
+            if any(k == k2 and abs(length - l2) <= 3.0 for k2, l2 in tried):
+                continue  # near-duplicate of a primitive already simulated
+            pre = contacts[k] + normals[k] * (AGENT_RADIUS + c.contact_gap)
+            path = approach_path(agent, pre, pose, c)
+            if path is None:
+                continue
+            tried.append((k, length))
+            targets = polyline_targets([agent, *path], c.approach_speed, c.min_step)
+            targets += self._push_targets(pre, normals[k], length, push_speed)
+            targets = targets[:steps_left]
+            arr, after, success_at = self._rollout_until_success(state, targets)
+            error = pose_error(after.block_pose)
+            if success_at is not None:
+                arr, score = arr[: success_at + 1], -1e6 + success_at
+            else:
+                score = error + step_cost * len(arr)
+            if score < best_score:
+                best_score, best = score, Primitive(arr, after, error)
+        if best is None:  # nothing reachable: step away from the block, then replan
+            away = agent + 30 * (agent - pose[:2]) / (np.linalg.norm(agent - pose[:2]) + 1e-9)
+            away = np.clip(away, ARENA_LOW, ARENA_HIGH)
+            arr, after = self._rollout(state, ramp(agent, away, c.approach_speed, c.min_step))
+            best = Primitive(arr, after, pose_error(after.block_pose))
+        self.planning_seconds += time.perf_counter() - t0
+        self.planning_cpu_seconds += time.process_time() - c0
+        return best
+
+
+def _block_fields(state: SimState) -> tuple:
+    return (state.block_pos, state.block_angle, state.block_vel, state.block_angular_vel)
