@@ -75,11 +75,17 @@ class OpenpiCheckpoint:
         self._ocp = ocp
         self._checkpointer = ocp.PyTreeCheckpointer()
         try:
-            tree = self._checkpointer.metadata(self.params_dir).item_metadata.tree
+            item = self._checkpointer.metadata(self.params_dir).item_metadata
         except Exception as exc:  # orbax raises many kinds; the path is what the user needs
             raise CheckpointReadError(
                 f"cannot read orbax metadata of {self.params_dir}: {type(exc).__name__}: {exc}"
             ) from exc
+        if item is None or getattr(item, "tree", None) is None:
+            raise CheckpointReadError(
+                f"orbax finds no item metadata in {self.params_dir} (truncated checkpoint: "
+                "array data or manifest missing?)"
+            )
+        tree = item.tree
         self.leaves: dict[str, LeafInfo] = {}
         for path, meta in _walk(tree, ()):
             key_path = path[1:] if path and path[0] == "params" else path

@@ -366,3 +366,8 @@ def plan_targets(rules: list[Rule]) -> dict[str, tuple[int, ...]]:
                 raise ValueError(f"two mapping rules produce {name}")
             out[name] = shape
     return out
+
+
+def map_params(params: dict[str, np.ndarray], rules: list[Rule]) -> dict[str, np.ndarray]:
+    """Apply a plan to an in-memory flat tree (tests and small models); float32 results."""
+    return {name: array for rule in rules for name, array in rule.produce(params.__getitem__)}
