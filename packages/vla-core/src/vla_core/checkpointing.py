@@ -47,7 +47,7 @@ def apply_activation_checkpointing(module: nn.Module, layer_types: tuple[type, .
     for name, sub in module.named_modules():
         if any(prefix == "" or name.startswith(prefix + ".") for prefix in taken):
             continue  # inside an already-checkpointed unit: one granularity only
-        if not isinstance(sub, layer_types):
+        if not isinstance(sub, layer_types) or not isinstance(sub, nn.Module):
             continue
         taken.append(name)
         if is_activation_checkpointed(sub):

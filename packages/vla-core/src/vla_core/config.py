@@ -291,9 +291,11 @@ class PI0Config:
 
 
 def _plain(changes: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in changes.items()
-    }  # type: ignore[arg-type]
+    plain: dict[str, Any] = {}
+    for key, value in changes.items():
+        is_instance = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        plain[key] = dataclasses.asdict(value) if is_instance else value  # type: ignore[arg-type]
+    return plain
 
 
 def _check_keys(cls: type, data: dict[str, Any], owner: str) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "MeasuredFlops",
     "analytic_flops",
     "measure_flops",
+    "measure_sample_actions_flops",
     "seed_profiler_flops",
     "seed_setting_config",
 ]
@@ -270,6 +271,36 @@ def measure_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[An
     )
 
 
-def _no_grad_measure(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> MeasuredFlops:
-    with torch.no_grad():
-        return measure_flops(fn, *args, **kwargs)[1]
+def measure_sample_actions_flops(
+    config: PI0Config,
+    *,
+    num_steps: int = 10,
+    batch_size: int = 1,
+    prompt_tokens: int | None = None,
+    device: str | torch.device = "meta",
+) -> MeasuredFlops:
+    """FlopCounterMode count of `PI0Model(config).sample_actions` on synthetic inputs.
+
+    On the default meta device nothing is allocated or computed (a full-size pi0 takes seconds),
+    so this is the measured counterpart of `analytic_flops(config, ...)`. flex_attention cannot
+    run on meta tensors; there the count uses sdpa (the same products).
+    """
+    from vla_core.pi0 import Observation, PI0Model  # local: pi0 is the heavier import
+
+    if torch.device(device).type == "meta" and config.engine.attention_implementation == "flex":
+        config = config.replace(attention_implementation="sdpa")
+
+    n_txt = _prompt_tokens(config, prompt_tokens)
+    size = config.vision.image_size
+    with torch.device(device):
+        model = PI0Model(config).eval()
+        cams = config.num_cameras
+        observation = Observation(
+            images=torch.zeros(batch_size, cams, 3, size, size),
+            tokens=torch.zeros(batch_size, n_txt, dtype=torch.long),
+            token_mask=torch.ones(batch_size, n_txt, dtype=torch.bool),
+            image_masks=torch.ones(batch_size, cams, dtype=torch.bool),
+            state=torch.zeros(batch_size, config.state_dim),
+        )
+        noise = torch.zeros(batch_size, config.action_horizon, config.action_dim)
+    return measure_flops(model.sample_actions, observation, noise=noise, num_steps=num_steps)[1]

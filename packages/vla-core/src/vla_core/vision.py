@@ -8,16 +8,22 @@ Parameter names match transformers' (`embeddings.patch_embedding`, `encoder.laye
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
-from transformers import SiglipVisionConfig
-from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisionEmbeddings
 
 from vla_core.config import SiglipConfig
+
+if TYPE_CHECKING:
+    from transformers import SiglipVisionConfig
 
 __all__ = ["VisionTower", "to_hf_siglip_config"]
 
 
 def to_hf_siglip_config(config: SiglipConfig, attention_implementation: str) -> SiglipVisionConfig:
+    # Imported here so `import vla_core` (e.g. for `attend`) does not pay for transformers.
+    from transformers import SiglipVisionConfig
+
     hf = SiglipVisionConfig(
         hidden_size=config.width,
         intermediate_size=config.mlp_dim,
@@ -41,10 +47,15 @@ class VisionTower(nn.Module):
 
     def __init__(self, config: SiglipConfig, attention_implementation: str = "sdpa") -> None:
         super().__init__()
+        from transformers.models.siglip.modeling_siglip import (
+            SiglipEncoder,
+            SiglipVisionEmbeddings,
+        )
+
         self.config = config
         hf = to_hf_siglip_config(config, attention_implementation)
         self.embeddings = SiglipVisionEmbeddings(hf)
-        self.encoder = SiglipEncoder(hf)
+        self.encoder = SiglipEncoder(hf)  # type: ignore[arg-type]
         self.post_layernorm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
 
     def forward(self, images: Tensor) -> Tensor:
