@@ -106,6 +106,18 @@ def test_einsum_lora_merge_matches_online_jax(kind: str, rslora: bool) -> None:
                 assert np.abs(got.view(B, T, heads, H).numpy() - want).max() <= TOL
 
 
+def _dot(x, w, a, b, scale: float = 1.0):
+    """openpi FeedForward._dot; the runtime uses scale = 1 (the `scale` argument is for the
+    deliberately wrong variant)."""
+    return jnp.dot(x, w) + scale * jnp.dot(jnp.dot(x, a), b)
+
+
+def _ffn(x, wg, ag, bg, wl, al, bl, scale: float) -> np.ndarray:
+    h = jax.nn.gelu(_dot(x, wg[0], ag[0], bg[0], scale), approximate=True)
+    h = h * _dot(x, wg[1], ag[1], bg[1], scale)
+    return np.asarray(_dot(h, wl, al, bl, scale))
+
+
 @pytest.mark.parametrize("rslora", [False, True])
 def test_feedforward_lora_is_unscaled_and_matches_online_jax(rslora: bool) -> None:
     dims, params, spec, tensors = _setup(pi05=True, fused=False, rslora=rslora)
@@ -118,14 +130,6 @@ def test_feedforward_lora_is_unscaled_and_matches_online_jax(rslora: bool) -> No
             wl, al, bl = (params[f"{mlp}/linear{s}"][i] for s in ("", "_lora_a", "_lora_b"))
             x = rng.standard_normal((2, 5, e.width)).astype(np.float32)
 
-            def dot(x, w, a, b, scale=1.0):  # openpi FeedForward._dot (scale=1 is the runtime)
-                return jnp.dot(x, w) + scale * jnp.dot(jnp.dot(x, a), b)
-
-            def ffn(scale: float):
-                h = jax.nn.gelu(dot(x, wg[0], ag[0], bg[0], scale), approximate=True)
-                h = h * dot(x, wg[1], ag[1], bg[1], scale)
-                return np.asarray(dot(h, wl, al, bl, scale))
-
             xt = torch.from_numpy(x)
             gate = F.linear(xt, torch.from_numpy(tensors[prefix + "gate_proj.weight"]))
             up = F.linear(xt, torch.from_numpy(tensors[prefix + "up_proj.weight"]))
@@ -133,11 +137,11 @@ def test_feedforward_lora_is_unscaled_and_matches_online_jax(rslora: bool) -> No
                 F.gelu(gate, approximate="tanh") * up,
                 torch.from_numpy(tensors[prefix + "down_proj.weight"]),
             )
-            ref = ffn(1.0)
+            ref = _ffn(x, wg, ag, bg, wl, al, bl, 1.0)
             assert np.abs(got.numpy() - ref).max() <= TOL
-            assert np.abs(gate.numpy() - np.asarray(dot(x, wg[0], ag[0], bg[0]))).max() <= TOL
+            assert np.abs(gate.numpy() - np.asarray(_dot(x, wg[0], ag[0], bg[0]))).max() <= TOL
             # scaling the FFN delta by alpha/rank (as for attention) would be wrong
-            assert np.abs(ffn(spec.scale) - ref).max() > 1e-2
+            assert np.abs(_ffn(x, wg, ag, bg, wl, al, bl, spec.scale) - ref).max() > 1e-2
 
 
 def test_resolve_lora_spec_refuses_to_guess() -> None:
@@ -145,7 +149,7 @@ def test_resolve_lora_spec_refuses_to_guess() -> None:
         resolve_lora_spec("expert", 4, None, None)
     with pytest.raises(LoraConfigError, match="'gemma_2b' has no LoRA"):
         resolve_lora_spec("expert", 16, "gemma_2b", None)
-    with pytest.raises(LoraConfigError, match="rank 16 but the adapters .* rank 4"):
+    with pytest.raises(LoraConfigError, match=r"rank 16 but the adapters .* rank 4"):
         resolve_lora_spec("expert", 4, "gemma_2b_lora", None)
     assert resolve_lora_spec("expert", 32, "gemma_300m_lora", None).scale == 1.0
     assert resolve_lora_spec("expert", 4, "gemma_2b_lora", LoraSpec(4, 2.0)).scale == 0.5

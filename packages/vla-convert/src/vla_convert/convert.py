@@ -128,6 +128,7 @@ def convert_openpi(
     action_expert_variant: str | None = None,
     lora: LoraSpec | None = None,
     action_horizon: int = 50,
+    config_overrides: dict[str, Any] | None = None,
     allow_nonfinite: bool = False,
     verify: bool = False,
     overwrite: bool = False,
@@ -137,7 +138,9 @@ def convert_openpi(
 
     `model` (pi0 / pi05) is only checked against the tensors; every dimension is inferred.
     LoRA scales come from `lora` or from the openpi variant names (e.g. `gemma_2b_lora`); with
-    adapters present and neither given, `LoraConfigError` is raised.
+    adapters present and neither given, `LoraConfigError` is raised. `action_horizon` and
+    `config_overrides` (vla layout: extra `PI0Config` fields such as `num_cameras`) fill the config
+    fields that a checkpoint does not store.
     """
     start = time.perf_counter()
     ckpt = OpenpiCheckpoint(checkpoint_dir)
@@ -169,8 +172,8 @@ def convert_openpi(
             f"(and wants absent {sorted(consumed - set(shapes))})"
         )
     targets = plan_targets(rules)
-    out_layout = layouts.get_layout(layout)
-    renamed = out_layout.rename_all(targets)
+    out_layout = layouts.get_layout(layout, config_overrides)
+    renamed = out_layout.rename_all(targets, dims)
     lora_record = {
         name: (None if s is None else {**asdict(s), "scale": s.scale})
         for name, s in zip(("paligemma", "action_expert"), specs)
@@ -190,8 +193,9 @@ def convert_openpi(
         except BaseException:
             writer.abort()
             raise
-        config = out_layout.config(dims, dtype=dtype, action_horizon=action_horizon)
-        (tmp / out_layout.config_file).write_text(json.dumps(config, indent=2) + "\n")
+        out_layout.write_config(
+            dims, tmp / out_layout.config_file, dtype=dtype, action_horizon=action_horizon
+        )
         norm_stats = copy_norm_stats(ckpt.norm_stats_files(), tmp)
         record = {
             "source": str(ckpt.step_dir),

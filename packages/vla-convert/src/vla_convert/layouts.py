@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from vla_convert.dims import OpenpiDims
@@ -16,9 +18,13 @@ from vla_convert.dims import OpenpiDims
 class Layout(Protocol):
     config_file: str
 
-    def rename_all(self, targets: dict[str, tuple[int, ...]]) -> dict[str, str]: ...
+    def rename_all(
+        self, targets: dict[str, tuple[int, ...]], dims: OpenpiDims
+    ) -> dict[str, str]: ...
 
-    def config(self, dims: OpenpiDims, *, dtype: str, action_horizon: int) -> dict[str, Any]: ...
+    def write_config(
+        self, dims: OpenpiDims, path: Path, *, dtype: str, action_horizon: int
+    ) -> None: ...
 
 
 def _variant_name(width: int, mlp_dim: int) -> str | None:
@@ -32,12 +38,14 @@ def _variant_name(width: int, mlp_dim: int) -> str | None:
 class OpenpiLayout:
     config_file: str = "config.json"
 
-    def rename_all(self, targets: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    def rename_all(self, targets: dict[str, tuple[int, ...]], dims: OpenpiDims) -> dict[str, str]:
         return {name: name for name in targets}
 
-    def config(self, dims: OpenpiDims, *, dtype: str, action_horizon: int) -> dict[str, Any]:
-        """The fields openpi's own converter writes to config.json, plus inferred dims."""
-        return {
+    def write_config(
+        self, dims: OpenpiDims, path: Path, *, dtype: str, action_horizon: int
+    ) -> None:
+        """The fields openpi's own converter writes to config.json."""
+        config = {
             "type": "pi05" if dims.pi05 else "pi0",
             "pi05": dims.pi05,
             "action_dim": dims.action_dim,
@@ -46,13 +54,15 @@ class OpenpiLayout:
             "action_expert_variant": _variant_name(dims.expert.width, dims.expert.mlp_dim),
             "precision": dtype,
         }
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def get_layout(name: str) -> Layout:
+def get_layout(name: str, config_overrides: dict[str, Any] | None = None) -> Layout:
+    """`config_overrides`: vla-core `PI0Config` fields for the vla layout (e.g. num_cameras)."""
     if name == "openpi":
         return OpenpiLayout()
     if name == "vla":
         from vla_convert.vla_layout import VlaLayout
 
-        return VlaLayout()
+        return VlaLayout(dict(config_overrides or {}))
     raise ValueError(f"unknown layout {name!r}; expected 'vla' or 'openpi'")
