@@ -229,6 +229,13 @@ class IMFPolicyConfig:
                 and 1 <= self.crop_shape[1] <= self.image_shape[2],
                 f"crop_shape {self.crop_shape} must fit inside image_shape {self.image_shape}",
             )
+        if self.image_keys:
+            side = min(self.crop_shape or self.image_shape[1:])
+            _require(
+                side >= 33,
+                f"image side after cropping is {side}; the ResNet-18 feature map must be at "
+                "least 2x2 for spatial-softmax keypoints (side >= 33)",
+            )
         for name in ("lowdim_feature_dim", "image_feature_dim", "n_keypoints"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_inference_steps is None:
