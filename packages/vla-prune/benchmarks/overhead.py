@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,20 +57,25 @@ class GemmaLikeLayer(nn.Module):
         return x + self.down(F.gelu(gate, approximate="tanh") * up)
 
 
-def _time_ms(fn: Callable[[], object], reps: int, device: torch.device) -> float:
+def _time_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict:
+    """Min wall time (ms) of each function over `reps` rounds, interleaved round-robin so that
+    load drift on a shared machine hits every candidate alike; min is the least noisy statistic."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    fn()  # warm-up
-    sync()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    for fn in fns.values():  # warm-up
         fn()
-        sync()
-        samples.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(samples)
+    sync()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], 1e3 * (time.perf_counter() - t0))
+    return best
 
 
 def _gflop(fn: Callable[[], object]) -> float:
@@ -92,7 +96,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=18)
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--prompt-len", type=int, default=48)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=7, help="rounds for pruner / attention")
+    parser.add_argument("--layer-reps", type=int, default=2, help="rounds for whole layers")
     parser.add_argument(
         "--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu"
     )
@@ -115,43 +120,55 @@ def main() -> None:
     layer = GemmaLikeLayer(args.width, args.heads, args.head_dim, args.kv_heads, args.mlp)
     layer = layer.to(device, dtype).eval()
 
-    rows = []
+    kept_list = [int(k) for k in args.kept.split(",")]
+    pruners = {
+        k: ImageTokenPruner(args.width, PrunerConfig(keep_tokens=k)).eval() for k in kept_list
+    }
+    union = ImageTokenPruner(args.width).eval()
+    xs = {
+        p: torch.randn(1, p, args.width, device=device, dtype=dtype)
+        for p in [full] + [k + args.prompt_len for k in kept_list]
+    }
+    inputs = (image, image_mask, language, language_mask)
     with torch.inference_mode():
-        union = ImageTokenPruner(args.width).eval()
-        t_union = _time_ms(
-            lambda: union(image, image_mask, language, language_mask), args.reps, device
+        prune_fns: dict[str, Callable[[], object]] = {"union": lambda: union(*inputs)}
+        prune_fns |= {f"keep{k}": (lambda m=m: m(*inputs)) for k, m in pruners.items()}
+        attn_fns = {p: (lambda x=x: layer.attention(x)) for p, x in xs.items()}
+        layer_fns = {p: (lambda x=x: layer(x)) for p, x in xs.items()}
+        t_prune = _time_ms(
+            {**prune_fns, **{f"attn{p}": f for p, f in attn_fns.items()}}, args.reps, device
         )
-        g_prune = _gflop(lambda: union(image, image_mask, language, language_mask))
-        x_full = torch.randn(1, full, args.width, device=device, dtype=dtype)
-        t_attn_full = _time_ms(lambda: layer.attention(x_full), args.reps, device)
-        t_layer_full = _time_ms(lambda: layer(x_full), args.reps, device)
-        g_layer_full = _gflop(lambda: layer(x_full))
-        for kept in [int(k) for k in args.kept.split(",")]:
-            pruner = ImageTokenPruner(args.width, PrunerConfig(keep_tokens=kept)).eval()
-            t_prune = _time_ms(
-                lambda p=pruner: p(image, image_mask, language, language_mask), args.reps, device
-            )
-            x = torch.randn(1, kept + args.prompt_len, args.width, device=device, dtype=dtype)
-            t_attn = _time_ms(lambda x=x: layer.attention(x), args.reps, device)
-            t_layer = _time_ms(lambda x=x: layer(x), args.reps, device)
-            g_layer = _gflop(lambda x=x: layer(x))
-            saved_attn = args.layers * (t_attn_full - t_attn)
-            saved_layer = args.layers * (t_layer_full - t_layer)
-            rows.append(
-                {
-                    "kept": kept,
-                    "prefix": kept + args.prompt_len,
-                    "prune_ms": t_prune,
-                    "prefix_ms_full": args.layers * t_layer_full,
-                    "prefix_ms_pruned": args.layers * t_layer,
-                    "saved_attention_ms": saved_attn,
-                    "saved_layers_ms": saved_layer,
-                    "prune_over_saved_attention": t_prune / saved_attn,
-                    "prune_over_saved_layers": t_prune / saved_layer,
-                    "prune_gflop": g_prune,
-                    "saved_gflop": args.layers * (g_layer_full - g_layer),
-                }
-            )
+        t_layer = _time_ms(layer_fns, args.layer_reps, device)
+        g_prune = _gflop(lambda: union(*inputs))
+    meta_layer = GemmaLikeLayer(args.width, args.heads, args.head_dim, args.kv_heads, args.mlp)
+    meta_layer = meta_layer.to("meta", dtype)
+    g_layer = {
+        p: _gflop(lambda p=p: meta_layer(torch.empty(1, p, args.width, device="meta", dtype=dtype)))
+        for p in xs
+    }
+
+    t_union, t_attn_full, t_layer_full = t_prune["union"], t_prune[f"attn{full}"], t_layer[full]
+    rows = []
+    for k in kept_list:
+        p = k + args.prompt_len
+        saved_attn = args.layers * (t_attn_full - t_prune[f"attn{p}"])
+        saved_layer = args.layers * (t_layer_full - t_layer[p])
+        t_k = t_prune[f"keep{k}"]
+        rows.append(
+            {
+                "kept": k,
+                "prefix": p,
+                "prune_ms": t_k,
+                "prefix_ms_full": args.layers * t_layer_full,
+                "prefix_ms_pruned": args.layers * t_layer[p],
+                "saved_attention_ms": saved_attn,
+                "saved_layers_ms": saved_layer,
+                "prune_over_saved_attention": t_k / saved_attn,
+                "prune_over_saved_layers": t_k / saved_layer,
+                "prune_gflop": g_prune,
+                "saved_gflop": args.layers * (g_layer[full] - g_layer[p]),
+            }
+        )
 
     print(
         f"device {device} ({args.dtype}), B=1, prefix {n_img} image + {args.prompt_len} prompt = "
