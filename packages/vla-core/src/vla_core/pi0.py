@@ -205,6 +205,16 @@ class PI0Model(nn.Module):
                 f"tokens / token_mask must both be [B={batch}, T]; got {tuple(tokens.shape)}, "
                 f"{tuple(token_mask.shape)}"
             )
+        if images.shape[1] != self.config.num_cameras:
+            raise ValueError(
+                f"observation has {images.shape[1]} cameras, config.num_cameras is "
+                f"{self.config.num_cameras} (fill a missing camera with zeros and mask it False)"
+            )
+        if tokens.shape[1] > self.config.max_token_len:  # type: ignore[operator]
+            raise ValueError(
+                f"prompt has {tokens.shape[1]} tokens, config.max_token_len is "
+                f"{self.config.max_token_len}"
+            )
         image_tokens = self.embed_images(images)  # [B, N, Dp]
         num_image = image_tokens.shape[1]
         image_mask = camera_mask.repeat_interleave(num_image // images.shape[1], dim=1)  # [B, N]
