@@ -63,3 +63,60 @@ __all__ = [
     "siglip_config",
     "validate_attention_implementation",
 ]
+
+# ---- state dicts (safetensors + JSON, rename maps), parameter counting, FLOPs ----------------
+from vla_core.counting import (
+    ParameterCount,
+    analytic_parameter_count,
+    count_model_parameters,
+    count_parameters,
+)
+from vla_core.flops import (
+    FlopBreakdown,
+    MeasuredFlops,
+    analytic_flops,
+    measure_flops,
+    measure_sample_actions_flops,
+    seed_profiler_flops,
+    seed_setting_config,
+)
+from vla_core.state_dict import (
+    LAYOUTS,
+    ConvertedStateDict,
+    StateDictMismatchError,
+    convert_state_dict,
+    export_state_dict,
+    load_config,
+    load_pretrained,
+    load_state_dict,
+    rename_map,
+    save_config,
+    save_pretrained,
+    unused_reference_keys,
+)
+
+__all__ += [
+    "LAYOUTS",
+    "ConvertedStateDict",
+    "FlopBreakdown",
+    "MeasuredFlops",
+    "ParameterCount",
+    "StateDictMismatchError",
+    "analytic_flops",
+    "analytic_parameter_count",
+    "convert_state_dict",
+    "count_model_parameters",
+    "count_parameters",
+    "export_state_dict",
+    "load_config",
+    "load_pretrained",
+    "load_state_dict",
+    "measure_flops",
+    "measure_sample_actions_flops",
+    "rename_map",
+    "save_config",
+    "save_pretrained",
+    "seed_profiler_flops",
+    "seed_setting_config",
+    "unused_reference_keys",
+]
