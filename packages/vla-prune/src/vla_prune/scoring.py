@@ -39,8 +39,8 @@ def lightvla_scores(
     input dtype, as in the reference.
     """
     dtype = compute_dtype or patches.dtype
-    p_hat = rms_norm(patches).to(dtype)  # [B, N, D]
-    t_hat = rms_norm(task).to(dtype)  # [B, T, D]
+    p_hat = rms_norm(patches.to(dtype))  # [B, N, D]
+    t_hat = rms_norm(task.to(dtype))  # [B, T, D]
     attn_mask = None
     if task_mask is not None:
         # No real token at all -> attend everything rather than produce NaN queries.
