@@ -52,12 +52,14 @@ def run_expert_episode(
     config: ExpertConfig | None = None,
     max_steps: int = MAX_STEPS,
     on_step: Callable[[Any], None] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> Episode:
     """Reset gym-pusht with `seed`, act with the expert until success or `max_steps`.
 
-    `on_step(env)` is called after the reset and after every step (e.g. to render a picture).
+    `on_step(env)` is called after the reset and after every step (e.g. to render a picture);
+    `env_kwargs` go to `gym.make` (e.g. `visualization_width`).
     """
-    env = make_env(max_steps=max_steps)
+    env = make_env(max_steps=max_steps, **(env_kwargs or {}))
     expert = PushTExpert(config)
     obs, _ = env.reset(seed=seed)
     if on_step is not None:

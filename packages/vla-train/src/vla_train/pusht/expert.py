@@ -27,9 +27,10 @@ T_OUTLINE = np.array(
     [(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], float
 )
 EDGE_NORMALS = np.array([(0, -1), (1, 0), (0, 1), (1, 0), (0, 1), (-1, 0), (0, 1), (-1, 0)], float)
-# The 8 corners in `PushTEnv.get_keypoints` order (bar then stem).
+# The 8 corners in the order `PushTEnv.get_keypoints` returns them (pymunk stores each box's
+# vertices counter-clockwise from its lowest-x, lowest-y corner): bar, then stem.
 T_KEYPOINTS = np.array(
-    [(-60, 30), (60, 30), (60, 0), (-60, 0), (-15, 30), (-15, 120), (15, 120), (15, 30)], float
+    [(-60, 0), (60, 0), (60, 30), (-60, 30), (-15, 30), (15, 30), (15, 120), (-15, 120)], float
 )
 SUCCESS_CHECK_ERROR = 6.0  # px; coverage > 0.95 needs a pose error of a few pixels
 
@@ -198,12 +199,14 @@ class Primitive:
 
 
 class PushTExpert:
-    """Closed-loop: call `plan(state)` on the env's current state, execute the targets, repeat."""
+    """Closed-loop: call `plan(state)` on the env's current state, execute all its targets,
+    repeat. One instance per episode (it remembers the last target it commanded)."""
 
     def __init__(self, config: ExpertConfig | None = None) -> None:
         self.config = config or ExpertConfig()
         self.sim = PushTSim()
         self._contact_points, self._contact_normals = _contacts(self.config)
+        self.last_target: np.ndarray | None = None  # the previous primitive's final target
         self.planning_seconds = 0.0  # wall clock spent in plan()
         self.planning_cpu_seconds = 0.0  # process CPU time spent in plan() (robust to load)
 
@@ -286,6 +289,9 @@ class PushTExpert:
         best: Primitive | None = None
         best_score = np.inf
         agent = np.array(state.agent_pos)
+        # Continue from where the previous primitive left the target (the PD agent lags it), so
+        # consecutive actions never jump by more than `approach_speed`.
+        start = agent if self.last_target is None else self.last_target.astype(float)
         # Price a control step at the error rate still needed to finish in time (at least
         # `step_cost`): far from the goal this favours short, efficient primitives.
         step_cost = max(c.step_cost, pose_error(pose) / max(steps_left, 1))
@@ -296,11 +302,11 @@ class PushTExpert:
             if any(k == k2 and abs(length - l2) <= 3.0 for k2, l2 in tried):
                 continue  # near-duplicate of a primitive already simulated
             pre = contacts[k] + normals[k] * (AGENT_RADIUS + c.contact_gap)
-            path = approach_path(agent, pre, pose, c)
+            path = approach_path(start, pre, pose, c)
             if path is None:
                 continue
             tried.append((k, length))
-            targets = polyline_targets([agent, *path], c.approach_speed, c.min_step)
+            targets = polyline_targets([start, *path], c.approach_speed, c.min_step)
             targets += self._push_targets(pre, normals[k], length, push_speed)
             targets = targets[:steps_left]
             arr, after, success_at = self._rollout_until_success(state, targets)
@@ -312,10 +318,11 @@ class PushTExpert:
             if score < best_score:
                 best_score, best = score, Primitive(arr, after, error)
         if best is None:  # nothing reachable: step away from the block, then replan
-            away = agent + 30 * (agent - pose[:2]) / (np.linalg.norm(agent - pose[:2]) + 1e-9)
+            away = start + 30 * (start - pose[:2]) / (np.linalg.norm(start - pose[:2]) + 1e-9)
             away = np.clip(away, ARENA_LOW, ARENA_HIGH)
-            arr, after = self._rollout(state, ramp(agent, away, c.approach_speed, c.min_step))
+            arr, after = self._rollout(state, ramp(start, away, c.approach_speed, c.min_step))
             best = Primitive(arr, after, pose_error(after.block_pose))
+        self.last_target = best.targets[-1]
         self.planning_seconds += time.perf_counter() - t0
         self.planning_cpu_seconds += time.process_time() - c0
         return best
