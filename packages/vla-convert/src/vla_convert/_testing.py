@@ -59,10 +59,9 @@ def tiny_dims(
 def full_pi0_dims(pi05: bool = False, lora: bool = True) -> OpenpiDims:
     """openpi's default `Pi0Config` (So400m/14 + gemma_2b + gemma_300m), optionally with the
     `gemma_2b_lora` (rank 16) / `gemma_300m_lora` (rank 32) adapters."""
-    backbone = GemmaDims(2048, 18, 16_384, 8, 1, 256, *((16, 16) if lora else (None, None)))
-    expert = GemmaDims(
-        1024, 18, 4096, 8, 1, 256, *((32, 32) if lora else (None, None)), 1024 if pi05 else None
-    )
+    r0, r1 = (16, 32) if lora else (None, None)
+    backbone = GemmaDims(2048, 18, 16_384, 8, 1, 256, r0, r0)
+    expert = GemmaDims(1024, 18, 4096, 8, 1, 256, r1, r1, 1024 if pi05 else None)
     vision = VisionDims(1152, 27, 4304, 16, 72, 14, 256, 2048)
     return OpenpiDims(pi05, vision, backbone, expert, 257_152, 32, None if pi05 else 32)
 

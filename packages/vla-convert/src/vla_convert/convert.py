@@ -154,10 +154,10 @@ def convert_openpi(
             f"({'time_mlp_in' if dims.pi05 else 'state_proj'} present)"
         )
     specs = resolve_lora(dims, paligemma_variant, action_expert_variant, lora)
-    dtype = dtype or _default_dtype(ckpt, dims.has_lora)
-    if dtype not in _OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {list(_OUT_DTYPES)}, got {dtype!r}")
-    if dims.has_lora and dtype == "bfloat16":
+    out_dtype: str = dtype or _default_dtype(ckpt, dims.has_lora)
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"dtype must be one of {list(_OUT_DTYPES)}, got {out_dtype!r}")
+    if dims.has_lora and out_dtype == "bfloat16":
         warnings.warn(
             "storing merged LoRA weights in bfloat16 rounds the (small) adapter delta away in "
             "part; float32 is exact (openpi PR #960 measured ~10x larger drift vs JAX)",
@@ -185,7 +185,7 @@ def convert_openpi(
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         weights = tmp / WEIGHTS_FILE
         writer = StreamingSafetensorsWriter(
-            weights, {renamed[n]: s for n, s in targets.items()}, _OUT_DTYPES[dtype], metadata
+            weights, {renamed[n]: s for n, s in targets.items()}, _OUT_DTYPES[out_dtype], metadata
         )
         try:
             _stream(rules, read, writer, renamed, progress)
@@ -194,7 +194,7 @@ def convert_openpi(
             writer.abort()
             raise
         out_layout.write_config(
-            dims, tmp / out_layout.config_file, dtype=dtype, action_horizon=action_horizon
+            dims, tmp / layouts.CONFIG_FILE, dtype=out_dtype, action_horizon=action_horizon
         )
         norm_stats = copy_norm_stats(ckpt.norm_stats_files(), tmp)
         record = {
@@ -202,7 +202,7 @@ def convert_openpi(
             "value_suffixed": ckpt.value_suffixed,
             "model": found,
             "layout": layout,
-            "dtype": dtype,
+            "dtype": out_dtype,
             "lora": lora_record,
             "lora_modules": lora_modules,
             "dims": asdict(dims),
@@ -212,11 +212,11 @@ def convert_openpi(
         if verify:
             from vla_convert.verify import verify_conversion
 
-            diffs = verify_conversion(ckpt, dims, specs, weights, renamed, dtype)
+            diffs = verify_conversion(ckpt, dims, specs, weights, renamed, out_dtype)
     return ConversionSummary(
         out_dir=Path(out_dir),
         layout=layout,
-        dtype=dtype,
+        dtype=out_dtype,
         model=found,
         tensors=len(targets),
         bytes=writer.data_bytes,

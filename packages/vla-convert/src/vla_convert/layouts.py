@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 from vla_convert.dims import OpenpiDims
 
+CONFIG_FILE = "config.json"
+
 
 class Layout(Protocol):
-    config_file: str
-
     def rename_all(
         self, targets: dict[str, tuple[int, ...]], dims: OpenpiDims
     ) -> dict[str, str]: ...
@@ -36,8 +36,6 @@ def _variant_name(width: int, mlp_dim: int) -> str | None:
 
 @dataclass(frozen=True)
 class OpenpiLayout:
-    config_file: str = "config.json"
-
     def rename_all(self, targets: dict[str, tuple[int, ...]], dims: OpenpiDims) -> dict[str, str]:
         return {name: name for name in targets}
 

@@ -120,65 +120,38 @@ def _verify_gemma(expert, e, spec, dims, leaves, tensor, record, x) -> None:  # 
     attn, mlp = f"{LLM}/layers/attn", f"{LLM}/layers/mlp{sfx}"
     layer = LANGUAGE[expert] + "layers.{i}."
     B, T, N, K, H, D = 2, 3, e.num_heads, e.num_kv_heads, e.head_dim, e.width
-    scale = spec.scale if spec is not None else 0.0
     tag = "paligemma" if expert == 0 else "expert"
 
-    def einsum_leaves(name: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def einsum_ref(name: str, eqn: str, inputs: np.ndarray, i: int) -> np.ndarray:
+        """openpi Einsum on layer i with its LoRA applied online."""
         if spec is None:
-            return leaves(f"{name}/w")[0], None, None
+            (w,) = leaves(f"{name}/w")
+            return _jax_einsum_lora(eqn, jnp.asarray(inputs), w[i], None, None, 0.0)
         w, a, b = leaves(f"{name}/w", f"{name}/lora_a", f"{name}/lora_b")
-        return w, a, b
+        return _jax_einsum_lora(eqn, jnp.asarray(inputs), w[i], a[i], b[i], spec.scale)
 
     for i in _sample_layers(e.depth):
         xd = x(B, T, D)
         xt = torch.from_numpy(xd)
         L = layer.format(i=i)
         if e.fused_qkv:
-            w, a, b = einsum_leaves(f"{attn}/qkv_einsum{sfx}")
-            ref = _jax_einsum_lora(
-                QKV_EINSUM,
-                jnp.asarray(xd),
-                w[i],
-                *(None if t is None else t[i] for t in (a, b)),
-                scale,
-            )
+            ref = einsum_ref(f"{attn}/qkv_einsum{sfx}", QKV_EINSUM, xd, i)
             for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
                 out = F.linear(xt, tensor(L + f"self_attn.{proj}.weight")).view(B, T, N, H)
                 record(f"{tag}.{proj}", ref[j], out)
         else:
-            w, a, b = einsum_leaves(f"{attn}/q_einsum{sfx}")
-            ref = _jax_einsum_lora(
-                Q_EINSUM,
-                jnp.asarray(xd),
-                w[i],
-                *(None if t is None else t[i] for t in (a, b)),
-                scale,
-            )
+            ref = einsum_ref(f"{attn}/q_einsum{sfx}", Q_EINSUM, xd, i)
             record(
                 f"{tag}.q_proj",
                 ref,
                 F.linear(xt, tensor(L + "self_attn.q_proj.weight")).view(B, T, N, H),
             )
-            w, a, b = einsum_leaves(f"{attn}/kv_einsum{sfx}")
-            ref = _jax_einsum_lora(
-                KV_EINSUM,
-                jnp.asarray(xd),
-                w[i],
-                *(None if t is None else t[i] for t in (a, b)),
-                scale,
-            )
+            ref = einsum_ref(f"{attn}/kv_einsum{sfx}", KV_EINSUM, xd, i)
             for j, proj in enumerate(("k_proj", "v_proj")):
                 out = F.linear(xt, tensor(L + f"self_attn.{proj}.weight")).view(B, T, K, H)
                 record(f"{tag}.{proj}", ref[j], out)
         xh = x(B, T, N, H)
-        w, a, b = einsum_leaves(f"{attn}/attn_vec_einsum{sfx}")
-        ref = _jax_einsum_lora(
-            ATTN_VEC_EINSUM,
-            jnp.asarray(xh),
-            w[i],
-            *(None if t is None else t[i] for t in (a, b)),
-            scale,
-        )
+        ref = einsum_ref(f"{attn}/attn_vec_einsum{sfx}", ATTN_VEC_EINSUM, xh, i)
         out = F.linear(
             torch.from_numpy(xh).reshape(B, T, N * H), tensor(L + "self_attn.o_proj.weight")
         )
@@ -239,7 +212,7 @@ def _verify_vision(dims, leaves, tensor, record, x) -> None:  # type: ignore[no-
     kernel, bias = leaves(f"{IMG}/embedding/kernel", f"{IMG}/embedding/bias")
     side = 2 * v.patch_size
     img = x(2, side, side, 3)  # NHWC
-    ref = jax.lax.conv_general_dilated(
+    conv = jax.lax.conv_general_dilated(
         jnp.asarray(img),
         jnp.asarray(kernel, jnp.float32),
         (v.patch_size, v.patch_size),
@@ -252,7 +225,7 @@ def _verify_vision(dims, leaves, tensor, record, x) -> None:  # type: ignore[no-
         tensor(f"{VISION}embeddings.patch_embedding.bias"),
         stride=v.patch_size,
     ).permute(0, 2, 3, 1)
-    record("vision.patch_embedding", np.asarray(ref), out)
+    record("vision.patch_embedding", np.asarray(conv), out)
     pos = leaves(f"{IMG}/pos_embedding")[0]
     record(
         "vision.position_embedding", pos[0], tensor(f"{VISION}embeddings.position_embedding.weight")
@@ -264,7 +237,7 @@ def _verify_vision(dims, leaves, tensor, record, x) -> None:  # type: ignore[no-
         xd = x(B, T, v.width)
         for jax_p, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
             k, b = leaves(f"{mha}/{jax_p}/kernel", f"{mha}/{jax_p}/bias")
-            ref = np.asarray(
+            ref_q = np.asarray(
                 jnp.einsum("btd,dnh->btnh", jnp.asarray(xd), jnp.asarray(k[i], jnp.float32)) + b[i]
             )
             out = F.linear(
@@ -272,7 +245,7 @@ def _verify_vision(dims, leaves, tensor, record, x) -> None:  # type: ignore[no-
                 tensor(L + f"self_attn.{proj}.weight"),
                 tensor(L + f"self_attn.{proj}.bias"),
             )
-            record(f"vision.{proj}", ref, out.view(B, T, v.num_heads, v.head_dim))
+            record(f"vision.{proj}", ref_q, out.view(B, T, v.num_heads, v.head_dim))
         k, b = leaves(f"{mha}/out/kernel", f"{mha}/out/bias")
         xh = x(B, T, v.num_heads, v.head_dim)
         ref = np.asarray(

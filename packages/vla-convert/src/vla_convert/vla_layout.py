@@ -77,7 +77,6 @@ def pi0_config_from_dims(dims: OpenpiDims, dtype: str = "float32", **overrides: 
 @dataclass
 class VlaLayout:
     config_overrides: dict[str, Any] = field(default_factory=dict)
-    config_file: str = "config.json"
 
     def rename_all(self, targets: dict[str, tuple[int, ...]], dims: OpenpiDims) -> dict[str, str]:
         from vla_core.state_dict import rename_map
