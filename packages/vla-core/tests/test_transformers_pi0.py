@@ -12,7 +12,9 @@ attention backend:
 - the training loss for the same noise and time;
 and the reverse direction (our weights exported in that layout load strictly into transformers).
 Tolerance: max|Δ| <= 1e-5 · max|reference| (README "Equivalence with transformers PI0" records
-the measured values, ~1e-7 relative).
+the measured values, ~1e-6 relative). In the reverse direction our larger default init amplifies
+the sinusoid difference below to ~9e-6 relative, so there it is checked as shipped at 1e-4 and with
+transformers' sinusoid swapped for the float64 one at 1e-5 (measured 3e-7).
 
 Known semantic difference, pinned below: the sinusoidal time embedding. transformers computes it
 in fp32 in openpi JAX's operation order (`freq = 1/period·2π`, then `t ⊗ freq`; JAX runs with
@@ -207,8 +209,25 @@ def test_training_loss_matches_transformers(reference, batch, backend: str) -> N
     assert abs(float(ours - expected)) <= RTOL * abs(float(expected))
 
 
+class Float64Sinusoid(torch.nn.Module):
+    """vla-core's (openpi PyTorch's) float64 time embedding, to swap into transformers' model."""
+
+    def __init__(self, config: PI0Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, time: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return posemb_sincos(time, c.expert.width, c.time_min_period, c.time_max_period)
+
+
 def test_export_loads_strictly_into_transformers(batch) -> None:
-    """Reverse direction: our random weights -> transformers layout -> strict load -> same outputs."""
+    """Reverse direction: our random weights -> transformers layout -> strict load -> same outputs.
+
+    Our default init has larger weights than transformers' (|v| ≈ 1.4 vs 0.25), which amplifies
+    the documented sinusoid precision difference to ~9e-6 relative; so outputs are checked as
+    shipped at 1e-4 and, with transformers' sinusoid swapped for the float64 one, at 1e-5.
+    """
     torch.manual_seed(5)
     config = tiny_pi0_config("pi0", attention_implementation="sdpa")
     model = PI0Model(config).eval()
@@ -219,11 +238,21 @@ def test_export_loads_strictly_into_transformers(batch) -> None:
     assert not result.missing_keys and not result.unexpected_keys
 
     inputs = hf_inputs(config, batch["obs"])
+
+    def outputs() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            velocity = hf(noise=batch["x_t"], timestep=batch["time"], **inputs).logits
+            actions = hf.sample_actions(noise=batch["noise"].clone(), num_steps=4, **inputs)
+        return velocity, actions
+
     with torch.no_grad():
-        v_hf = hf(noise=batch["x_t"], timestep=batch["time"], **inputs).logits
         v_ours = model.predict_velocity(batch["obs"], batch["x_t"], batch["time"], mode="cached")
-        a_hf = hf.sample_actions(noise=batch["noise"].clone(), num_steps=4, **inputs)
         a_ours = model.sample_actions(batch["obs"], noise=batch["noise"].clone(), num_steps=4)
+    v_hf, a_hf = outputs()
+    assert max_rel(v_ours, v_hf) <= 1e-4
+    assert max_rel(a_ours, a_hf) <= 1e-4
+    hf.embed_action_time.sinusoid_embeds = Float64Sinusoid(config)
+    v_hf, a_hf = outputs()
     assert max_rel(v_ours, v_hf) <= RTOL
     assert max_rel(a_ours, a_hf) <= RTOL
 
