@@ -259,3 +259,32 @@ def test_full_size_maps_have_the_reference_key_counts() -> None:
         config = PI0Config(variant=variant)
         extra = 2  # paligemma.lm_head (tied) + gemma_expert.lm_head (unused)
         assert len(rename_map(config, "openpi")) + extra == expected
+
+
+@pytest.mark.parametrize(
+    ("layout", "canonical", "other"),
+    [
+        ("openpi", ".vision_tower.vision_model.", ".vision_tower."),
+        ("lerobot", ".vision_tower.vision_model.", ".vision_tower."),
+        ("transformers", "model.vlm.vision_tower.", "model.vlm.vision_tower.vision_model."),
+    ],
+)
+def test_other_siglip_spelling_is_accepted_and_reported(layout, canonical, other) -> None:
+    source = _model()
+    sd = export_state_dict(source, layout=layout)
+    renamed = {
+        k.replace(canonical, other, 1) if "vision_tower" in k else k: v for k, v in sd.items()
+    }
+    assert renamed != sd
+    converted = convert_state_dict(renamed, source.config, layout)
+    assert len(converted.aliased) == sum("vision_tower" in k for k in sd)
+    assert torch.equal(
+        converted.tensors["vision_tower.embeddings.patch_embedding.weight"],
+        source.vision_tower.embeddings.patch_embedding.weight,
+    )
+    # both spellings of one tensor at once is ambiguous: reported, not resolved silently
+    both = dict(sd)
+    key = next(k for k in sd if "vision_tower" in k)
+    both[key.replace(canonical, other, 1)] = sd[key]
+    with pytest.raises(StateDictMismatchError, match="unexpected"):
+        convert_state_dict(both, source.config, layout)

@@ -20,6 +20,10 @@ Keys that exist in a reference but not in our model are dropped *by name* and re
   embedding itself is absent (what `safetensors.torch.save_model` keeps for tied tensors), and
   checked equal to it when both are present.
 No layout fuses q/k/v or gate/up, so every tensor maps one to one without reshaping.
+
+SigLIP naming moved between transformers versions: openpi (4.53) and the hub checkpoints say
+`vision_tower.vision_model.<x>`, transformers 5.24 says `vision_tower.<x>`. Export writes the form
+each layout's reference uses (above); load accepts the other spelling too, as a reported alias.
 """
 
 from __future__ import annotations
@@ -265,6 +269,18 @@ class ConvertedStateDict:
 
     tensors: dict[str, Tensor]
     dropped: list[str] = field(default_factory=list)
+    aliased: list[str] = field(default_factory=list)  # keys read under the other SigLIP spelling
+
+
+def _siglip_alias(key: str, layout: str) -> str | None:
+    """The canonical spelling of a SigLIP key written with the other transformers version's
+    naming (`vision_tower.vision_model.x` <-> `vision_tower.x`), or None."""
+    if layout in ("openpi", "lerobot"):
+        if ".vision_tower." in key and ".vision_tower.vision_model." not in key:
+            return key.replace(".vision_tower.", ".vision_tower.vision_model.", 1)
+    elif layout == "transformers" and key.startswith("model.vlm.vision_tower.vision_model."):
+        return key.replace("vision_tower.vision_model.", "vision_tower.", 1)
+    return None
 
 
 def convert_state_dict(
@@ -289,10 +305,15 @@ def convert_state_dict(
 
     tensors: dict[str, Tensor] = {}
     dropped: list[str] = []
+    aliased: list[str] = []
     unexpected: list[str] = []
     for key, value in state_dict.items():
+        alias = _siglip_alias(key, layout)
         if key in inverse:
             tensors[inverse[key]] = value
+        elif alias is not None and alias in inverse and alias not in state_dict:
+            tensors[inverse[alias]] = value
+            aliased.append(key)
         elif key in unused or (tied is not None and key == tied):
             dropped.append(key)
         else:
@@ -314,7 +335,7 @@ def convert_state_dict(
         raise StateDictMismatchError(
             layout, missing=[table[k] for k in missing], unexpected=unexpected
         )
-    return ConvertedStateDict(tensors=tensors, dropped=sorted(dropped))
+    return ConvertedStateDict(tensors=tensors, dropped=sorted(dropped), aliased=sorted(aliased))
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
