@@ -1,7 +1,8 @@
 """Prefix length after pruning a pi0-like prefix (3 cameras × 256 patches + 48 prompt tokens).
 
 Runs every pruner configuration on the same samples (see pi0_like.py for the distribution) and
-prints kept image tokens (mean/min/max), the resulting prefix length as a ratio of the unpruned
+prints kept image tokens (mean/min/max; in train mode: distinct patches in the N slots, i.e.
+what LightVLA's noisy training selection exposes), the resulting prefix length as a ratio of the unpruned
 816, the LightVLA union size, the top-1 vote share (collapse indicator) and the share of salient
 object patches kept (recall) and the share of kept tokens that are object patches (precision).
 Writes JSON to --out.
@@ -30,11 +31,18 @@ def configurations(width: int, cams: int) -> dict[str, tuple[nn.Module, torch.dt
     def lightvla(dtype: torch.dtype = f32, **kw: object) -> tuple[nn.Module, torch.dtype]:
         return ImageTokenPruner(width, PrunerConfig(**kw)).eval(), dtype  # type: ignore[arg-type]
 
+    def train_mode(noise: float) -> tuple[nn.Module, torch.dtype]:
+        pruner = ImageTokenPruner(width).train()
+        pruner.set_noise_scale(noise)
+        return pruner, f32
+
     return {
         "reference (attends prompt padding)": lightvla(mask_task_padding=False),
         "default (task mask)": lightvla(),
         "default, bf16 inputs": lightvla(bf16),
         "default, bf16 inputs, fp32_scores": lightvla(bf16, fp32_scores=True),
+        "train mode, noise_scale=1 (distinct)": train_mode(1.0),
+        "train mode, noise_scale=0.5 (distinct)": train_mode(0.5),
         "min_keep=64 pooled": lightvla(min_keep=64),
         "min_keep=16 per camera": lightvla(
             min_keep=16, budget_scope="per_camera", num_cameras=cams
@@ -91,10 +99,13 @@ def main() -> None:
                     prefix.language_mask,
                 )
                 seconds[name] += time.perf_counter() - t0
-                kept[name].append(kept_mask.sum(-1))
-                hit = prefix.salient.gather(1, keep_index) & kept_mask
-                recall[name].append(hit.sum(-1) / prefix.salient.sum(-1))
-                precision[name].append(hit.sum(-1) / kept_mask.sum(-1).clamp(min=1))
+                # distinct patches present (train mode repeats a patch in several slots)
+                present = torch.zeros_like(prefix.salient).scatter_(1, keep_index, kept_mask)
+                count = present.sum(-1)
+                kept[name].append(count)
+                hit = (present & prefix.salient).sum(-1)
+                recall[name].append(hit / prefix.salient.sum(-1))
+                precision[name].append(hit / count.clamp(min=1))
                 stats = getattr(module, "last_stats", None)
                 if stats is not None:
                     union[name].append(stats.union_size)
