@@ -108,6 +108,9 @@ def test_interface_shapes_episode_subset_and_stats(tmp_path: Path) -> None:
     assert torch.all(sample["observation.state"][:, 0] == 1)  # only episode 1 rows
     assert torch.equal(ds[-1]["action"][-1], torch.tensor([1.0, 1019.0]))
 
+    preloaded = LeRobotWindowDataset(tmp_path / "ds", n_obs_steps=2, horizon=16).preload()
+    torch.testing.assert_close(preloaded[3], LeRobotWindowDataset(tmp_path / "ds")[3])
+
     stats = ds.stats()
     assert set(stats) == {"observation.state", "observation.environment_state", "action"}
     raw = read_stats(tmp_path / "ds")

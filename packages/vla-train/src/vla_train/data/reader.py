@@ -63,8 +63,9 @@ class ImageColumn:
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """Frames at `indices` -> [len(indices), H, W, 3] uint8."""
-        for i in np.unique(indices[~self._decoded[indices]]):
-            self._decode(int(i))
+        if not self._decoded[indices].all():
+            for i in np.unique(indices[~self._decoded[indices]]):
+                self._decode(int(i))
         return self._frames[indices]
 
     def all(self) -> np.ndarray:

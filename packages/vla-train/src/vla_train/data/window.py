@@ -88,6 +88,13 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self._index)
 
+    def preload(self) -> LeRobotWindowDataset:
+        """Decode every image now (e.g. before forking DataLoader workers, which then share the
+        decoded frames instead of each decoding its own copy)."""
+        for column in self.frames.images.values():
+            column.all()
+        return self
+
     def window_rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Dataset rows of sample `i`'s horizon window (edges repeated) and its padding mask."""
         if not -len(self) <= i < len(self):
