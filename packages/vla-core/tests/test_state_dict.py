@@ -288,3 +288,19 @@ def test_other_siglip_spelling_is_accepted_and_reported(layout, canonical, other
     both[key.replace(canonical, other, 1)] = sd[key]
     with pytest.raises(StateDictMismatchError, match="unexpected"):
         convert_state_dict(both, source.config, layout)
+
+
+def test_readme_state_dict_example_runs(capsys) -> None:
+    """The README "State dicts, counting, FLOPs" example really runs and prints the seed numbers."""
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("## State dicts, counting, FLOPs", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict = {}
+    exec(compile(code.group(1), str(readme), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "3,501,339,392" in out and "4,379,061,288,960" in out
+    assert namespace["report"].dropped == [OPENPI_LM_HEAD]
