@@ -304,3 +304,23 @@ def test_readme_state_dict_example_runs(capsys) -> None:
     out = capsys.readouterr().out
     assert "3,501,339,392" in out and "4,379,061,288,960" in out
     assert namespace["report"].dropped == [OPENPI_LM_HEAD]
+
+
+def test_bf16_round_trip_keeps_the_dtype_policy(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = PI0Model(tiny_pi0_config("pi0", dtype="bfloat16"))
+    save_pretrained(model, tmp_path / "ckpt")
+    loaded = load_pretrained(tmp_path / "ckpt")
+    for (name, ours), (_, theirs) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), name
+    assert loaded.embed_tokens.weight.dtype == torch.bfloat16
+    assert loaded.action_in_proj.weight.dtype == torch.float32  # fp32 island
+
+
+def test_load_pretrained_leaves_torch_init_untouched(tmp_path) -> None:
+    torch.manual_seed(0)
+    before = torch.nn.Linear(4, 4).weight.detach().clone()
+    save_pretrained(_model(), tmp_path / "ckpt")
+    load_pretrained(tmp_path / "ckpt")
+    torch.manual_seed(0)
+    assert torch.equal(torch.nn.Linear(4, 4).weight, before)

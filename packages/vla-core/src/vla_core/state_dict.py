@@ -484,7 +484,11 @@ def load_pretrained(
     """Build a `PI0Model` from `config.json` and load `model.safetensors` strictly.
 
     `config_overrides` replace config fields first (e.g. `attention_implementation="eager"`).
+    The model is built without running weight initialisers (transformers' `no_init_weights`),
+    since the strict load overwrites every parameter; non-persistent buffers are built normally.
     """
+    from transformers.initialization import no_init_weights
+
     from vla_core.pi0 import PI0Model  # local: pi0 imports this module's siblings
 
     directory = Path(directory)
@@ -492,7 +496,7 @@ def load_pretrained(
     if config_overrides:
         config = config.replace(**config_overrides)
     tensors = load_file(str(directory / WEIGHTS_FILE), device=str(device))
-    with torch.device(device):
+    with torch.device(device), no_init_weights():
         model = PI0Model(config)
     load_state_dict(model, tensors, "vla", strict=True)
     return model
