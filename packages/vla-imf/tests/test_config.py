@@ -42,7 +42,8 @@ def test_defaults_resolve() -> None:
         ({"attention_implementation": "cudnn"}, "attention_implementation"),
         ({"objective": "flow_matching", "tangent_source": "v_head"}, "v_head"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
-        ({"attnres_block_size": 100}, "attnres_block_size"),
+        ({"backbone": "attnres_block", "attnres_block_size": 100}, "attnres_block_size"),
+        ({"backbone": "attnres_block", "attnres_block_size": 0}, "attnres_block_size"),
     ],
 )
 def test_policy_config_rejects(overrides: dict[str, object], match: str) -> None:

@@ -110,7 +110,7 @@ class BackboneConfig:
                 f"head dim n_emb/n_head = {self.n_emb // self.n_head} must be even for RoPE",
             )
         _require(
-            1 <= self.attnres_block_size <= 2 * self.n_layer,
+            self.kind != "attnres_block" or 1 <= self.attnres_block_size <= 2 * self.n_layer,
             f"attnres_block_size must be in [1, 2*n_layer={2 * self.n_layer}], "
             f"got {self.attnres_block_size}",
         )
