@@ -4,7 +4,8 @@ Layout of `<run_dir>/checkpoints/step_0001000/`:
   model.safetensors   policy weights (incl. the fitted normaliser buffers)
   ema.safetensors     EMA weights (when EMA is on)
   config.json         the policy dataclass + the resolved Hydra config
-  train_state.pt      optimizer, scheduler, EMA counter, RNG states, step/epoch/batch position
+  train_state.pt      optimizer, scheduler, EMA counter, per-rank RNG states (`rng_state()`),
+                      step/epoch/batch position
                       (plain tensors and containers: loads with `torch.load(weights_only=True)`)
 A checkpoint is written into a temporary directory and renamed into place, then `latest` (a text
 file naming it) is replaced atomically, so a crash never leaves a half-written "latest".
@@ -119,7 +120,6 @@ def save_checkpoint(
             "epoch": position.epoch,
             "batch": position.batch,
         }
-        state["rng"] = rng_state()
         torch.save(state, tmp / "train_state.pt")
         if final.exists():
             shutil.rmtree(final)

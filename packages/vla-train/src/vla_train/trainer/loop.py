@@ -273,6 +273,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
             batch_sampler=list(sampler.batches(epoch, start)),
             num_workers=int(tc.num_workers),
             pin_memory=device.type == "cuda",
+            # Own generator: creating a loader must not draw from the global RNG (that would
+            # shift the noise stream of a resumed run) and worker seeds stay reproducible.
+            generator=torch.Generator().manual_seed(int(cfg.seed) * 7919 + epoch),
         )
         yield from loader
 
