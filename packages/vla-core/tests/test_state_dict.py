@@ -324,3 +324,29 @@ def test_load_pretrained_leaves_torch_init_untouched(tmp_path) -> None:
     load_pretrained(tmp_path / "ckpt")
     torch.manual_seed(0)
     assert torch.equal(torch.nn.Linear(4, 4).weight, before)
+
+
+class _LearnedFilter(torch.nn.Module):
+    """A filter with its own parameter (keeps every token); stands in for a learned pruner."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = torch.nn.Parameter(torch.tensor([0.5]))
+
+    def forward(self, image_tokens, image_mask, language, language_mask):
+        keep = torch.arange(image_tokens.shape[1]).expand(image_tokens.shape[0], -1)
+        return image_tokens, image_mask, keep
+
+
+def test_filter_state_travels_in_the_vla_layout_only(tmp_path) -> None:
+    model = _model()
+    model.set_image_token_filter(_LearnedFilter())
+    with torch.no_grad():
+        model.image_token_filter.temperature.fill_(2.0)
+    save_pretrained(model, tmp_path / "ckpt")
+    with pytest.raises(StateDictMismatchError, match=r"image_token_filter\.temperature"):
+        load_pretrained(tmp_path / "ckpt")  # checkpoint holds filter state, no filter given
+    loaded = load_pretrained(tmp_path / "ckpt", image_token_filter=_LearnedFilter())
+    assert float(loaded.image_token_filter.temperature) == 2.0
+    with pytest.raises(ValueError, match="has no image-token filter"):
+        export_state_dict(model, layout="openpi")

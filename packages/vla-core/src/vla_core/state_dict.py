@@ -74,6 +74,7 @@ _VLA_VISION = "vision_tower"
 _VLA_PROJECTOR = "multi_modal_projector"
 _VLA_EMBED = "embed_tokens"
 _VLA_ENGINE = "engine"
+_VLA_FILTER = "image_token_filter."  # an nn.Module filter's own state (vla layout only)
 
 _GEMMA_BLOCK_LINEARS = (
     "self_attn.q_proj.weight",
@@ -368,11 +369,18 @@ def export_state_dict(
     if not isinstance(config, PI0Config):
         raise ValueError("export_state_dict needs a PI0Config (pass config= with a plain dict)")
     table = rename_map(config, layout)
+    filter_state = {k: v for k, v in source.items() if k.startswith(_VLA_FILTER)}
+    if filter_state and layout != "vla":
+        raise ValueError(
+            f"the {layout!r} layout has no image-token filter, but the model carries its state "
+            f"{sorted(filter_state)}; detach it (model.set_image_token_filter(None)) or use 'vla'"
+        )
     missing = [k for k in table if k not in source]
-    unexpected = [k for k in source if k not in table]
+    unexpected = [k for k in source if k not in table and k not in filter_state]
     if missing or unexpected:
         raise StateDictMismatchError("vla", missing=missing, unexpected=unexpected)
-    out = {table[k]: v for k, v in source.items()}
+    out = {table[k]: v for k, v in source.items() if k in table}
+    out.update(filter_state)  # vla layout only (checked above)
     tied = _tied_lm_head(layout)
     if tied is not None:
         out[tied] = source[f"{_VLA_EMBED}.weight"]
@@ -399,7 +407,12 @@ def load_state_dict(
     config = getattr(model, "config", None)
     if not isinstance(config, PI0Config):
         raise ValueError("load_state_dict needs a model with a PI0Config `.config`")
+    filter_state: dict[str, Tensor] = {}
+    if layout == "vla":  # a learned image-token filter's own tensors travel with our layout
+        filter_state = {k: v for k, v in state_dict.items() if k.startswith(_VLA_FILTER)}
+        state_dict = {k: v for k, v in state_dict.items() if k not in filter_state}
     converted = convert_state_dict(state_dict, config, layout, strict=strict)
+    converted.tensors.update(filter_state)
     target = model.state_dict()
     unexpected = [k for k in converted.tensors if k not in target]
     missing = [k for k in target if k not in converted.tensors]
@@ -479,11 +492,14 @@ def load_pretrained(
     directory: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
+    image_token_filter: Any = None,
     **config_overrides: Any,
 ) -> nn.Module:
     """Build a `PI0Model` from `config.json` and load `model.safetensors` strictly.
 
     `config_overrides` replace config fields first (e.g. `attention_implementation="eager"`).
+    `image_token_filter` is attached before loading (needed when the checkpoint holds the state
+    of a learned filter module; the JSON config does not describe filters).
     The model is built without running weight initialisers (transformers' `no_init_weights`),
     since the strict load overwrites every parameter; non-persistent buffers are built normally.
     """
@@ -497,6 +513,6 @@ def load_pretrained(
         config = config.replace(**config_overrides)
     tensors = load_file(str(directory / WEIGHTS_FILE), device=str(device))
     with torch.device(device), no_init_weights():
-        model = PI0Model(config)
+        model = PI0Model(config, image_token_filter=image_token_filter)
     load_state_dict(model, tensors, "vla", strict=True)
     return model
