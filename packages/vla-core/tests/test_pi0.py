@@ -247,11 +247,11 @@ def test_bad_inputs_name_the_shape() -> None:
         model(obs, random_actions(model.config))
     obs = random_observation(model.config)
     obs.images, obs.image_masks = obs.images[:, :1], obs.image_masks[:, :1]
-    with pytest.raises(ValueError, match="observation has 1 cameras, config.num_cameras is 2"):
+    with pytest.raises(ValueError, match=r"observation has 1 cameras, config\.num_cameras is 2"):
         model(obs, random_actions(model.config))
     obs = random_observation(model.config)
     obs.tokens, obs.token_mask = (torch.cat([t, t], dim=1) for t in (obs.tokens, obs.token_mask))
-    with pytest.raises(ValueError, match="prompt has 24 tokens, config.max_token_len is 12"):
+    with pytest.raises(ValueError, match=r"prompt has 24 tokens, config\.max_token_len is 12"):
         model(obs, random_actions(model.config))
     with pytest.raises(ValueError, match="images must be"):
         model.vision_tower(torch.zeros(1, 3, 32, 32))
