@@ -25,7 +25,17 @@ from vla_core.config import (
 )
 from vla_core.engine import EngineOutput, JointEngine, PrefixCache
 from vla_core.filters import ImageTokenFilter
-from vla_core.layers import JointDecoderLayer, RMSNorm
+from vla_core.gemma3 import (
+    GEMMA3_EXPERT_PRESETS,
+    GEMMA3_PRESETS,
+    Gemma3Config,
+    Gemma3EngineConfig,
+    Gemma3JointEngine,
+    gemma3_config,
+    gemma3_expert_config,
+    gemma3_policy_config,
+)
+from vla_core.layers import JointDecoderLayer, RMSNorm, StreamBlock
 from vla_core.masks import BlockCausalMask
 from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix, posemb_sincos
 from vla_core.vision import VisionTower
@@ -119,4 +129,16 @@ __all__ += [
     "seed_profiler_flops",
     "seed_setting_config",
     "unused_reference_keys",
+]
+
+__all__ += [
+    "GEMMA3_EXPERT_PRESETS",
+    "GEMMA3_PRESETS",
+    "Gemma3Config",
+    "Gemma3EngineConfig",
+    "Gemma3JointEngine",
+    "StreamBlock",
+    "gemma3_config",
+    "gemma3_expert_config",
+    "gemma3_policy_config",
 ]

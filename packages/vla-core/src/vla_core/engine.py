@@ -10,6 +10,7 @@ Under the prefix-LM mask the prefix never sees the suffix, so joint ≡ fill + r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -68,18 +69,39 @@ class JointEngine(nn.Module):
     The expert token embedding and lm_head are deliberately absent (never used by pi0).
     """
 
-    def __init__(self, config: JointEngineConfig, *, expert_cond_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        config: JointEngineConfig,
+        *,
+        expert_cond_dim: int | None = None,
+        layers: Sequence[JointDecoderLayer] | None = None,
+        rope_bases: Sequence[float] | None = None,
+    ) -> None:
+        """`layers` / `rope_bases` (one per layer) let another engine family (e.g. Gemma-3 with
+        per-layer RoPE bases) reuse this stack; by default Gemma-v1 layers with one base,
+        `config.rope_max_wavelength`."""
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(
-            JointDecoderLayer(
-                config.backbone,
-                config.expert,
-                expert_cond_dim=expert_cond_dim,
-                attention_implementation=config.attention_implementation,
+        depth = config.backbone.depth
+        if layers is None:
+            layers = [
+                JointDecoderLayer(
+                    config.backbone,
+                    config.expert,
+                    expert_cond_dim=expert_cond_dim,
+                    attention_implementation=config.attention_implementation,
+                )
+                for _ in range(depth)
+            ]
+        if rope_bases is None:
+            rope_bases = [config.rope_max_wavelength] * depth
+        if len(layers) != depth or len(rope_bases) != depth:
+            raise ValueError(
+                f"JointEngine needs one layer and one RoPE base per layer (depth {depth}), got "
+                f"{len(layers)} layers, {len(rope_bases)} bases"
             )
-            for _ in range(config.backbone.depth)
-        )
+        self.layers = nn.ModuleList(layers)
+        self.rope_bases: tuple[float, ...] = tuple(float(base) for base in rope_bases)
         self.backbone_norm = RMSNorm(config.backbone.width, config.backbone.rms_norm_eps)
         self.expert_norm = RMSNorm(config.expert.width, config.expert.rms_norm_eps, expert_cond_dim)
         if config.gradient_checkpointing:
@@ -128,9 +150,11 @@ class JointEngine(nn.Module):
             block_mask = mask_spec.flex_block_mask()
         else:
             dense_mask = mask_spec.dense()
-        rope = rope_cos_sin(
-            positions, self.config.backbone.head_dim, self.config.rope_max_wavelength
-        )
+        # One (cos, sin) per distinct base, over the full-sequence positions of this call.
+        ropes = {
+            base: rope_cos_sin(positions, self.config.backbone.head_dim, base)
+            for base in dict.fromkeys(self.rope_bases)
+        }
 
         keys: list[Tensor] = []
         values: list[Tensor] = []
@@ -139,7 +163,7 @@ class JointEngine(nn.Module):
             prefix, suffix, key, value = layer(
                 prefix,
                 suffix,
-                rope,
+                ropes[self.rope_bases[index]],
                 dense_mask,
                 kv_cache=layer_cache,
                 expert_cond=expert_cond,

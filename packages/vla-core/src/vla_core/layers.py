@@ -23,6 +23,7 @@ __all__ = [
     "GemmaStreamBlock",
     "JointDecoderLayer",
     "RMSNorm",
+    "StreamBlock",
     "apply_rope",
     "rope_cos_sin",
 ]
@@ -97,8 +98,30 @@ class GemmaAttentionProjections(nn.Module):
         self.o_proj = nn.Linear(config.num_heads * hd, config.width, bias=False)
 
 
-class GemmaStreamBlock(nn.Module):
-    """One stream's sublayers of a decoder layer (Gemma parameter names)."""
+class StreamBlock(nn.Module):
+    """One stream's sublayers of a joint decoder layer: everything except the shared attention.
+
+    `attention_inputs` maps the stream's hidden states to its q/k/v (pre-RoPE, `[B, L, H, D]`) and
+    an optional residual gate; `attention_output` takes the stream's attended rows `[B, L, H·D]`
+    back to the next hidden states. Subclasses choose the norms / residual layout (Gemma v1 +
+    AdaRMS here, Gemma-3 sandwich norms in `vla_core.gemma3`); `config` supplies the head layout.
+    """
+
+    config: GemmaConfig
+
+    def attention_inputs(
+        self, hidden: Tensor, cond: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def attention_output(
+        self, hidden: Tensor, attended: Tensor, cond: Tensor | None, gate: Tensor | None
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class GemmaStreamBlock(StreamBlock):
+    """Gemma (v1) sublayers with Gemma parameter names; AdaRMS norms when `cond_dim` is set."""
 
     def __init__(self, config: GemmaConfig, cond_dim: int | None = None) -> None:
         super().__init__()
@@ -107,6 +130,25 @@ class GemmaStreamBlock(nn.Module):
         self.self_attn = GemmaAttentionProjections(config)
         self.post_attention_layernorm = RMSNorm(config.width, config.rms_norm_eps, cond_dim)
         self.mlp = GemmaMLP(config.width, config.mlp_dim)
+
+    def attention_inputs(
+        self, hidden: Tensor, cond: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        batch, length, _ = hidden.shape
+        config, attn = self.config, self.self_attn
+        normed, gate = self.input_layernorm(hidden, cond)
+        query = attn.q_proj(normed).view(batch, length, config.num_heads, config.head_dim)
+        key = attn.k_proj(normed).view(batch, length, config.num_kv_heads, config.head_dim)
+        value = attn.v_proj(normed).view(batch, length, config.num_kv_heads, config.head_dim)
+        return query, key, value, gate
+
+    def attention_output(
+        self, hidden: Tensor, attended: Tensor, cond: Tensor | None, gate: Tensor | None
+    ) -> Tensor:
+        o_proj = self.self_attn.o_proj
+        hidden = gated_residual(hidden, o_proj(attended.to(o_proj.weight.dtype)), gate)
+        normed, gate = self.post_attention_layernorm(hidden, cond)
+        return gated_residual(hidden, self.mlp(normed), gate)
 
 
 def rope_cos_sin(
@@ -137,23 +179,47 @@ class JointDecoderLayer(nn.Module):
     pass whose post-RoPE K/V the caller caches, `[None, suffix]` the suffix pass reading
     `kv_cache`. Returns `(prefix_out, suffix_out, key, value)` with key/value `[B, Hkv, L, D]`
     post-RoPE for the tokens of this call (cache not included); nothing is mutated.
+
+    Each stream is a `GemmaConfig` (built as a Gemma-v1 `GemmaStreamBlock`, AdaRMS for the expert
+    when `expert_cond_dim` is set) or a ready `StreamBlock` (e.g. a Gemma-3 backbone block).
+    `attention_scale` defaults to `head_dim ** -0.5`; it is passed explicitly to every backend.
     """
 
     def __init__(
         self,
-        backbone: GemmaConfig,
-        expert: GemmaConfig,
+        backbone: GemmaConfig | StreamBlock,
+        expert: GemmaConfig | StreamBlock,
         *,
         expert_cond_dim: int | None = None,
         attention_implementation: str = "sdpa",
+        attention_scale: float | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = GemmaStreamBlock(backbone)
-        self.expert = GemmaStreamBlock(expert, expert_cond_dim)
-        self.num_heads = backbone.num_heads
-        self.num_kv_heads = backbone.num_kv_heads
-        self.head_dim = backbone.head_dim
+        self.backbone = (
+            backbone if isinstance(backbone, StreamBlock) else GemmaStreamBlock(backbone)
+        )
+        if isinstance(expert, StreamBlock):
+            if expert_cond_dim is not None:
+                raise ValueError("expert_cond_dim applies to an expert given as a GemmaConfig only")
+            self.expert = expert
+        else:
+            self.expert = GemmaStreamBlock(expert, expert_cond_dim)
+        first, second = self.backbone.config, self.expert.config
+        for name in ("num_heads", "num_kv_heads", "head_dim"):
+            if getattr(first, name) != getattr(second, name):
+                raise ValueError(
+                    f"backbone and expert must share {name} for the joint attention: "
+                    f"{getattr(first, name)} != {getattr(second, name)}"
+                )
+        self.num_heads = first.num_heads
+        self.num_kv_heads = first.num_kv_heads
+        self.head_dim = first.head_dim
         self.attention_implementation = validate_attention_implementation(attention_implementation)
+        if attention_scale is None:
+            attention_scale = 1.0 / math.sqrt(self.head_dim)
+        if not attention_scale > 0:
+            raise ValueError(f"attention_scale must be > 0, got {attention_scale}")
+        self.attention_scale = float(attention_scale)
 
     def forward(
         self,
@@ -168,7 +234,7 @@ class JointDecoderLayer(nn.Module):
     ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
         """prefix [B, Lp, Dp] | None, suffix [B, Ls, De] | None; rope = (cos, sin) [B, Lp+Ls, hd/2];
         mask [B, Lp+Ls, Lcache+Lp+Ls] bool (None = full, or flex with `block_mask`)."""
-        streams = [
+        streams: list[tuple[StreamBlock, Tensor | None, Tensor | None]] = [
             (self.backbone, prefix, None),
             (self.expert, suffix, expert_cond),
         ]
@@ -177,17 +243,16 @@ class JointDecoderLayer(nn.Module):
         for block, hidden, cond in streams:
             if hidden is None:
                 continue
-            batch, length, _ = hidden.shape
-            normed, gate = block.input_layernorm(hidden, cond)
-            attn = block.self_attn
-            queries.append(attn.q_proj(normed).view(batch, length, self.num_heads, self.head_dim))
-            keys.append(attn.k_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
-            values.append(attn.v_proj(normed).view(batch, length, self.num_kv_heads, self.head_dim))
-            lengths.append(length)
+            query, key, value, gate = block.attention_inputs(hidden, cond)
+            queries.append(query)
+            keys.append(key)
+            values.append(value)
+            lengths.append(hidden.shape[1])
             gates.append(gate)
         if not lengths:
             raise ValueError("JointDecoderLayer needs at least one of prefix / suffix")
 
+        # RoPE after concatenation: both streams rotate with the full-sequence positions.
         cos, sin = rope
         query = apply_rope(torch.cat(queries, dim=1), cos, sin).transpose(1, 2)  # [B, Hq, L, D]
         key = apply_rope(torch.cat(keys, dim=1), cos, sin).transpose(1, 2)  # [B, Hkv, L, D]
@@ -203,7 +268,7 @@ class JointDecoderLayer(nn.Module):
             all_keys,
             all_values,
             mask,
-            scale=1.0 / math.sqrt(self.head_dim),
+            scale=self.attention_scale,
             implementation=self.attention_implementation,
             block_mask=block_mask,
         )
@@ -217,10 +282,5 @@ class JointDecoderLayer(nn.Module):
             if hidden is None:
                 outputs.append(None)
                 continue
-            rows_i, gate = next(rows), next(gate_iter)
-            attn_out = block.self_attn.o_proj(rows_i.to(block.self_attn.o_proj.weight.dtype))
-            hidden = gated_residual(hidden, attn_out, gate)
-            normed, gate = block.post_attention_layernorm(hidden, cond)
-            hidden = gated_residual(hidden, block.mlp(normed), gate)
-            outputs.append(hidden)
+            outputs.append(block.attention_output(hidden, next(rows), cond, next(gate_iter)))
         return outputs[0], outputs[1], key, value

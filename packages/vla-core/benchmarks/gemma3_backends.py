@@ -1,0 +1,222 @@
+"""Gemma-3 engine: eager vs sdpa vs flex (joint forward) and checkpointing off vs on (train step),
+on a reduced-width Gemma-3 backbone + AdaRMS expert with a realistic VLA prefix.
+
+Reduced widths, real structure: backbone w256 / 6 layers (5 sliding + 1 global, RoPE bases 1e4 /
+1e6), mlp 1024, 8 query / 4 kv heads, head_dim 32, query_pre_attn_scalar 48; expert w128, mlp 512.
+Prefix = 2 cameras x 256 image tokens + 48 prompt tokens (10 padded); suffix = 50 action tokens.
+Each case runs in its own interpreter so its peak memory is its own.
+
+    OMP_NUM_THREADS=2 uv run python packages/vla-core/benchmarks/gemma3_backends.py \
+        --out /tmp/vla_core_gemma3_backends.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vla_core.config import GemmaConfig
+from vla_core.gemma3 import Gemma3Config, Gemma3EngineConfig, Gemma3JointEngine
+
+BACKBONE = Gemma3Config(
+    width=256,
+    depth=6,
+    mlp_dim=1024,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=32,
+    vocab_size=1024,
+    query_pre_attn_scalar=48,
+)
+EXPERT = GemmaConfig(
+    width=128, depth=6, mlp_dim=512, num_heads=8, num_kv_heads=4, head_dim=32, vocab_size=1024
+)
+PREFIX_LEN, PADDED, SUFFIX_LEN = 2 * 256 + 48, 10, 50
+FORWARD_CASES = ["eager", "sdpa", "flex"]
+TRAIN_CASES = ["train:sdpa:off", "train:sdpa:on", "train:eager:off", "train:eager:on"]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_mib(fn: Callable[[], Any]) -> float:
+    """Peak extra memory of one call: CUDA allocator peak, or the rise of peak RSS on CPU."""
+    if _device().type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _rss_bytes()
+    fn()
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, 0) / 2**20
+
+
+def _median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if _device().type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if _device().type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _inputs(batch: int, dev: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    pad = torch.ones(batch, PREFIX_LEN + SUFFIX_LEN, dtype=torch.bool)
+    pad[:, PREFIX_LEN - PADDED : PREFIX_LEN] = False  # right-padded prompt
+    ar = torch.zeros_like(pad)
+    ar[:, PREFIX_LEN] = True  # pi0.5 suffix: one action block
+    tensors = {
+        "prefix": torch.randn(batch, PREFIX_LEN, BACKBONE.width, generator=gen).to(dtype),
+        "suffix": torch.randn(batch, SUFFIX_LEN, EXPERT.width, generator=gen).to(dtype),
+        "cond": torch.randn(batch, EXPERT.width, generator=gen).to(dtype),
+        "pad_mask": pad,
+        "ar_mask": ar,
+        "positions": torch.cumsum(pad.long(), 1) - 1,
+    }
+    return {name: t.to(dev) for name, t in tensors.items()}
+
+
+def run_case(case: str, args: argparse.Namespace) -> dict[str, float]:
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    dev = _device()
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    train = case.startswith("train:")
+    backend, checkpointing = (case.split(":")[1], case.endswith(":on")) if train else (case, False)
+    config = Gemma3EngineConfig(
+        backbone=BACKBONE,
+        expert=EXPERT,
+        attention_implementation=backend,
+        gradient_checkpointing=checkpointing,
+    )
+    engine = Gemma3JointEngine(config, expert_cond_dim=EXPERT.width).to(dev, dtype)
+    x = _inputs(args.batch, dev, dtype)
+
+    def call():
+        return engine(
+            x["prefix"],
+            x["suffix"],
+            pad_mask=x["pad_mask"],
+            ar_mask=x["ar_mask"],
+            positions=x["positions"],
+            expert_cond=x["cond"],
+        )
+
+    if train:
+        engine.train()
+
+        def step() -> None:
+            out = call()
+            (out.suffix.float().pow(2).mean() + out.prefix.float().pow(2).mean()).backward()
+            engine.zero_grad(set_to_none=True)
+
+        fn = step
+    else:
+        engine.eval()
+
+        def forward() -> None:
+            with torch.no_grad():
+                call()
+
+        fn = forward
+    peak = _peak_mib(fn)
+    return {"ms": _median_ms(fn, args.warmup, args.repeats), "peak_mib": peak}
+
+
+def _environment() -> str:
+    dev = _device()
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu"
+    return f"torch {torch.__version__}, {dev.type} ({name}), {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="/tmp/vla_core_gemma3_backends.json")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args)))
+        return
+    extra = ["--batch", str(args.batch), "--warmup", str(args.warmup)]
+    extra += ["--repeats", str(args.repeats)]
+    results: dict[str, dict[str, Any]] = {}
+    for case in FORWARD_CASES + TRAIN_CASES:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", case, *extra], capture_output=True, text=True
+        )
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode or not lines:
+            results[case] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        else:
+            results[case] = json.loads(lines[-1])
+
+    tokens = f"prefix {PREFIX_LEN} ({PADDED} padded) + suffix {SUFFIX_LEN}, batch {args.batch}"
+    print(f"Gemma-3 engine, reduced widths, {tokens}; {_environment()}")
+    print("\n| joint forward | ms | time / eager | peak MiB | peak / eager |")
+    print("|---|---|---|---|---|")
+    _rows(results, FORWARD_CASES, "eager")
+    print("\n| train step (fwd+bwd) | ms | time / ckpt off | peak MiB | peak / ckpt off |")
+    print("|---|---|---|---|---|")
+    _rows(results, TRAIN_CASES[:2], "train:sdpa:off")
+    _rows(results, TRAIN_CASES[2:], "train:eager:off")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_suffix(".tmp")
+    payload = {
+        "benchmark": "gemma3_backends",
+        "environment": _environment(),
+        "batch": args.batch,
+        "prefix_len": PREFIX_LEN,
+        "suffix_len": SUFFIX_LEN,
+        "results": results,
+    }
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(args.out)
+    print(f"\nwrote {args.out}")
+
+
+def _rows(results: dict[str, dict[str, Any]], cases: list[str], base_case: str) -> None:
+    base = results[base_case]
+    for case in cases:
+        r = results[case]
+        if "error" in r or "error" in base:
+            print(f"| {case} | error: {r.get('error', base.get('error'))} | | | |")
+            continue
+        print(
+            f"| {case} | {r['ms']:.1f} | {r['ms'] / base['ms']:.2f} | {r['peak_mib']:.1f} | "
+            f"{r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
