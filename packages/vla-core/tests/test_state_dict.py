@@ -179,11 +179,13 @@ def test_unknown_layout_is_rejected() -> None:
         rename_map(tiny_pi0_config(), "jax")
 
 
-@pytest.mark.parametrize("variant", ["pi0", "pi05"])
-@pytest.mark.parametrize("layout", ["openpi", "lerobot", "transformers"])
+@pytest.mark.parametrize(
+    ("variant", "layout"),
+    [(v, layout) for v in ("pi0", "pi05") for layout in ("openpi", "lerobot", "transformers")][
+        :-1
+    ],  # transformers has no pi0.5
+)
 def test_round_trip_through_reference_layouts(variant, layout) -> None:
-    if variant == "pi05" and layout == "transformers":
-        pytest.skip("transformers has no pi0.5")
     source = _model(variant, seed=2)
     exported = export_state_dict(source, layout=layout, include_unused=True)
     assert set(unused_reference_keys(source.config, layout)) <= set(exported)
@@ -350,3 +352,40 @@ def test_filter_state_travels_in_the_vla_layout_only(tmp_path) -> None:
     assert float(loaded.image_token_filter.temperature) == 2.0
     with pytest.raises(ValueError, match="has no image-token filter"):
         export_state_dict(model, layout="openpi")
+
+
+def test_full_size_openpi_shapes_match_the_reference_table() -> None:
+    """Shapes of openpi's PI0Pytorch state dict (openpi-and-lora.md §5), from a meta-device model."""
+    pwe = "paligemma_with_expert"
+    lm = f"{pwe}.paligemma.model.language_model.layers.3"
+    expert = f"{pwe}.gemma_expert.model.layers.3"
+    vision = f"{pwe}.paligemma.model.vision_tower.vision_model"
+    expected = {
+        f"{vision}.embeddings.patch_embedding.weight": (1152, 3, 14, 14),
+        f"{vision}.embeddings.position_embedding.weight": (256, 1152),
+        f"{vision}.encoder.layers.3.mlp.fc1.weight": (4304, 1152),
+        f"{vision}.encoder.layers.3.self_attn.q_proj.weight": (1152, 1152),
+        f"{pwe}.paligemma.model.multi_modal_projector.linear.weight": (2048, 1152),
+        OPENPI_EMBED: (257152, 2048),
+        OPENPI_LM_HEAD: (257152, 2048),
+        f"{lm}.self_attn.q_proj.weight": (2048, 2048),
+        f"{lm}.self_attn.k_proj.weight": (256, 2048),
+        f"{lm}.mlp.gate_proj.weight": (16384, 2048),
+        f"{lm}.mlp.down_proj.weight": (2048, 16384),
+        f"{expert}.self_attn.q_proj.weight": (2048, 1024),
+        f"{expert}.self_attn.o_proj.weight": (1024, 2048),
+        f"{expert}.mlp.up_proj.weight": (4096, 1024),
+        f"{expert}.input_layernorm.weight": (1024,),
+        OPENPI_EXPERT_LM_HEAD: (257152, 1024),
+    }
+    with torch.device("meta"):
+        model = PI0Model(PI0Config())
+        exported = export_state_dict(model, layout="openpi", include_unused=True)
+    assert len(exported) == 778
+    for key, shape in expected.items():
+        assert tuple(exported[key].shape) == shape, key
+    with torch.device("meta"):
+        pi05 = export_state_dict(PI0Model(PI0Config(variant="pi05")), "openpi", include_unused=True)
+    assert len(pi05) == 813
+    assert tuple(pi05[f"{expert}.input_layernorm.dense.weight"].shape) == (3072, 1024)
+    assert tuple(pi05[f"{expert}.input_layernorm.dense.bias"].shape) == (3072,)
