@@ -149,3 +149,16 @@ def test_existing_output_is_not_clobbered(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         convert_openpi(step, tmp_path / "o", layout="openpi")
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep"]
+
+
+def test_count_nonfinite_bit_test_matches_isfinite() -> None:
+    import ml_dtypes
+
+    from vla_convert.convert import count_nonfinite
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, ml_dtypes.bfloat16, np.float16):
+        array = (rng.standard_normal((7, 5, 3)) * 1e3).astype(dtype)
+        array[0, 1, 2], array[3, 0, 0], array[6, 4, 1] = np.nan, np.inf, -np.inf
+        assert count_nonfinite(array) == 3
+        assert count_nonfinite(np.abs(array[1:3])) == 0

@@ -83,7 +83,7 @@ def test_einsum_lora_merge_matches_online_jax(kind: str, rslora: bool) -> None:
                 ref = _online(OPENPI[kind], x, w, a, b, spec.scale)
                 got = F.linear(
                     torch.from_numpy(x).reshape(B, T, N * H),
-                    torch.from_numpy(tensors[prefix + "o_proj.weight"]),
+                    tensors[prefix + "o_proj.weight"],
                 )
                 assert np.abs(got.numpy() - ref).max() <= TOL
                 # the naive per-head merge is measurably wrong on the same inputs
@@ -101,7 +101,7 @@ def test_einsum_lora_merge_matches_online_jax(kind: str, rslora: bool) -> None:
             }[kind]
             for j, proj in enumerate(projs):
                 heads = N if proj == "q_proj" else K
-                got = F.linear(xt, torch.from_numpy(tensors[prefix + f"{proj}.weight"]))
+                got = F.linear(xt, tensors[prefix + f"{proj}.weight"])
                 want = ref if kind == "q" else ref[j]
                 assert np.abs(got.view(B, T, heads, H).numpy() - want).max() <= TOL
 
@@ -131,11 +131,11 @@ def test_feedforward_lora_is_unscaled_and_matches_online_jax(rslora: bool) -> No
             x = rng.standard_normal((2, 5, e.width)).astype(np.float32)
 
             xt = torch.from_numpy(x)
-            gate = F.linear(xt, torch.from_numpy(tensors[prefix + "gate_proj.weight"]))
-            up = F.linear(xt, torch.from_numpy(tensors[prefix + "up_proj.weight"]))
+            gate = F.linear(xt, tensors[prefix + "gate_proj.weight"])
+            up = F.linear(xt, tensors[prefix + "up_proj.weight"])
             got = F.linear(
                 F.gelu(gate, approximate="tanh") * up,
-                torch.from_numpy(tensors[prefix + "down_proj.weight"]),
+                tensors[prefix + "down_proj.weight"],
             )
             ref = _ffn(x, wg, ag, bg, wl, al, bl, 1.0)
             assert np.abs(got.numpy() - ref).max() <= TOL

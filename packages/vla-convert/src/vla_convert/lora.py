@@ -16,7 +16,8 @@ import re
 import string
 from dataclasses import dataclass
 
-import numpy as np
+import torch
+from torch import Tensor
 
 from vla_convert.errors import LoraConfigError
 
@@ -95,24 +96,19 @@ def delta_equation(eqn: str) -> str:
     return f"{fix(a_rhs)},{fix(renamed)}->{fix(rhs)}"
 
 
-def merge_einsum_lora(
-    eqn: str, w: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, scale: float
-) -> np.ndarray:
+def merge_einsum_lora(eqn: str, w: Tensor, lora_a: Tensor, lora_b: Tensor, scale: float) -> Tensor:
     """`w + scale * dW` in float32 for one (un-stacked) openpi Einsum weight."""
-    delta = np.einsum(
-        delta_equation(eqn),
-        lora_a.astype(np.float32),
-        lora_b.astype(np.float32),
-        optimize=True,
-    )
+    delta = torch.einsum(delta_equation(eqn), lora_a.float(), lora_b.float())
     if delta.shape != w.shape:
-        raise ValueError(f"LoRA delta of {eqn} has shape {delta.shape}, weight is {w.shape}")
-    return w.astype(np.float32) + np.float32(scale) * delta
+        raise ValueError(
+            f"LoRA delta of {eqn} has shape {tuple(delta.shape)}, weight is {tuple(w.shape)}"
+        )
+    return w.float() + scale * delta
 
 
-def merge_ffn_lora(w: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray) -> np.ndarray:
+def merge_ffn_lora(w: Tensor, lora_a: Tensor, lora_b: Tensor) -> Tensor:
     """FeedForward `_dot`: `x @ W + (x @ A) @ B`, unscaled; batched over leading axes."""
-    return w.astype(np.float32) + np.matmul(lora_a.astype(np.float32), lora_b.astype(np.float32))
+    return w.float() + torch.matmul(lora_a.float(), lora_b.float())
 
 
 def resolve_lora_spec(

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from vla_convert.dims import ENC, IMG, LLM, GemmaDims, OpenpiDims, expert_suffix
 from vla_convert.lora import (
@@ -31,8 +33,8 @@ VISION = f"{PREFIX}paligemma.model.vision_tower.vision_model."
 PROJECTOR = f"{PREFIX}paligemma.model.multi_modal_projector.linear."
 LANGUAGE = (f"{PREFIX}paligemma.model.language_model.", f"{PREFIX}gemma_expert.model.")
 
-Reader = Callable[[str], np.ndarray]
-Tensors = Iterator[tuple[str, np.ndarray]]
+Reader = Callable[[str], Tensor]
+Tensors = Iterator[tuple[str, Tensor]]
 
 
 @dataclass
@@ -45,8 +47,17 @@ class Rule:
     lora_modules: list[str] = field(default_factory=list)  # merged adapter modules, for summaries
 
 
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
+def _f32(x: Tensor) -> Tensor:
+    """Materialise a (strided) view: transpose-copy in the SOURCE dtype (half the bytes for bf16),
+    no cast; the writer casts chunk-wise into the output dtype. Merged LoRA weights are fp32."""
+    return x.contiguous()
+
+
+def as_tensor(array: np.ndarray) -> Tensor:
+    """Zero-copy torch view of a restored leaf (ml_dtypes bfloat16 via its int16 bits)."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _dense(src: str, dst: str, fan_in: int, fan_out: int) -> Rule:
@@ -73,7 +84,7 @@ def _copy(src: str, dst: str, shape: tuple[int, ...]) -> Rule:
 def _stacked(
     sources: tuple[str, ...],
     depth: int,
-    per_layer: Callable[[int, dict[str, np.ndarray]], Tensors],
+    per_layer: Callable[[int, dict[str, Tensor]], Tensors],
     targets: dict[str, tuple[int, ...]],
     lora_modules: list[str] | None = None,
 ) -> Rule:
@@ -116,7 +127,7 @@ def _vision_rules(dims: OpenpiDims) -> list[Rule]:
     for jax_p, torch_p in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
         src, dst = f"{mha}/{jax_p}", layer + f"self_attn.{torch_p}"
 
-        def qkv(i: int, a: dict[str, np.ndarray], src: str = src, dst: str = dst) -> Tensors:
+        def qkv(i: int, a: dict[str, Tensor], src: str = src, dst: str = dst) -> Tensors:
             kernel = a[f"{src}/kernel"]  # (D, N, Hd)
             yield dst.format(i=i) + ".weight", _f32(kernel.reshape(kernel.shape[0], -1).T)
             yield dst.format(i=i) + ".bias", _f32(a[f"{src}/bias"].reshape(-1))
@@ -131,7 +142,7 @@ def _vision_rules(dims: OpenpiDims) -> list[Rule]:
         )
     src, dst = f"{mha}/out", layer + "self_attn.out_proj"
 
-    def out_proj(i: int, a: dict[str, np.ndarray]) -> Tensors:
+    def out_proj(i: int, a: dict[str, Tensor]) -> Tensors:
         kernel = a[f"{src}/kernel"]  # (N, Hd, D)
         yield dst.format(i=i) + ".weight", _f32(kernel.reshape(-1, kernel.shape[-1]).T)
         yield dst.format(i=i) + ".bias", _f32(a[f"{src}/bias"])
@@ -161,7 +172,7 @@ def _conv_rule(width: int, patch: int) -> Rule:
 
     def produce(read: Reader) -> Tensors:
         # Flax conv kernel HWIO -> torch OIHW
-        yield f"{dst}.weight", _f32(read(f"{src}/kernel").transpose(3, 2, 0, 1))
+        yield f"{dst}.weight", _f32(read(f"{src}/kernel").permute(3, 2, 0, 1))
         yield f"{dst}.bias", _f32(read(f"{src}/bias"))
 
     return Rule(
@@ -178,7 +189,7 @@ def _layer_targets(
 
 
 def _stacked_dense(src: str, dst: str, depth: int, fan_in: int, fan_out: int) -> Rule:
-    def per_layer(i: int, a: dict[str, np.ndarray]) -> Tensors:
+    def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
         yield dst.format(i=i) + ".weight", _f32(a[f"{src}/kernel"].T)
         yield dst.format(i=i) + ".bias", _f32(a[f"{src}/bias"])
 
@@ -195,7 +206,7 @@ def _einsum_rule(
     name: str,
     eqn: str,
     spec: LoraSpec | None,
-    emit: Callable[[int, np.ndarray], Tensors],
+    emit: Callable[[int, Tensor], Tensors],
     targets: dict[str, tuple[int, ...]],
 ) -> Rule:
     """One attention Einsum weight (+ its `lora_a`/`lora_b` children, merged with scale s)."""
@@ -204,7 +215,7 @@ def _einsum_rule(
         return _stacked((w_key,), e.depth, lambda i, a: emit(i, _f32(a[w_key])), targets)
     a_key, b_key = f"{name}/lora_a", f"{name}/lora_b"
 
-    def per_layer(i: int, a: dict[str, np.ndarray]) -> Tensors:
+    def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
         yield from emit(i, merge_einsum_lora(eqn, a[w_key], a[a_key], a[b_key], spec.scale))
 
     return _stacked((w_key, a_key, b_key), e.depth, per_layer, targets, [name])
@@ -214,7 +225,7 @@ def _ffn_rule(
     e: GemmaDims,
     key: str,
     with_lora: bool,
-    emit: Callable[[int, np.ndarray], Tensors],
+    emit: Callable[[int, Tensor], Tensors],
     targets: dict[str, tuple[int, ...]],
 ) -> Rule:
     """A FeedForward weight (+ its `_lora_a`/`_lora_b` siblings, merged WITHOUT scaling)."""
@@ -222,7 +233,7 @@ def _ffn_rule(
         return _stacked((key,), e.depth, lambda i, a: emit(i, _f32(a[key])), targets)
     a_key, b_key = f"{key}_lora_a", f"{key}_lora_b"
 
-    def per_layer(i: int, a: dict[str, np.ndarray]) -> Tensors:
+    def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
         yield from emit(i, merge_ffn_lora(a[key], a[a_key], a[b_key]))
 
     return _stacked((key, a_key, b_key), e.depth, per_layer, targets, [key])
@@ -237,21 +248,21 @@ def _gemma_rules(e: GemmaDims, expert: int, spec: LoraSpec | None) -> list[Rule]
     if (e.attn_lora_rank is not None) != (spec is not None):
         raise ValueError(f"expert {expert}: LoRA spec given without adapters or vice versa")
 
-    def heads_to_rows(w: np.ndarray) -> np.ndarray:  # (X, D, H) -> (X*H, D)
-        return np.ascontiguousarray(w.transpose(0, 2, 1).reshape(-1, w.shape[1]))
+    def heads_to_rows(w: Tensor) -> Tensor:  # (X, D, H) -> (X*H, D)
+        return w.permute(0, 2, 1).reshape(-1, w.shape[1]).contiguous()
 
-    def q_out(i: int, w: np.ndarray) -> Tensors:
+    def q_out(i: int, w: Tensor) -> Tensors:
         yield layer.format(i=i) + "self_attn.q_proj.weight", heads_to_rows(w)
 
-    def kv_out(i: int, w: np.ndarray) -> Tensors:  # (2, K, D, H)
+    def kv_out(i: int, w: Tensor) -> Tensors:  # (2, K, D, H)
         yield layer.format(i=i) + "self_attn.k_proj.weight", heads_to_rows(w[0])
         yield layer.format(i=i) + "self_attn.v_proj.weight", heads_to_rows(w[1])
 
-    def qkv_out(i: int, w: np.ndarray) -> Tensors:  # (3, N, D, H)
+    def qkv_out(i: int, w: Tensor) -> Tensors:  # (3, N, D, H)
         for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
             yield layer.format(i=i) + f"self_attn.{proj}.weight", heads_to_rows(w[j])
 
-    def o_out(i: int, w: np.ndarray) -> Tensors:  # (N, H, D) -> (D, N*H)
+    def o_out(i: int, w: Tensor) -> Tensors:  # (N, H, D) -> (D, N*H)
         yield layer.format(i=i) + "self_attn.o_proj.weight", _f32(w.reshape(-1, w.shape[-1]).T)
 
     q_t = _layer_targets(layer + "self_attn.q_proj", L, {".weight": (N * H, D)})
@@ -270,11 +281,11 @@ def _gemma_rules(e: GemmaDims, expert: int, spec: LoraSpec | None) -> list[Rule]
     mlp = f"{LLM}/layers/mlp{sfx}"
     ffn_lora = e.ffn_lora_rank is not None
 
-    def gating_out(i: int, w: np.ndarray) -> Tensors:  # (2, D, F): 0 = gate, 1 = up
+    def gating_out(i: int, w: Tensor) -> Tensors:  # (2, D, F): 0 = gate, 1 = up
         yield layer.format(i=i) + "mlp.gate_proj.weight", _f32(w[0].T)
         yield layer.format(i=i) + "mlp.up_proj.weight", _f32(w[1].T)
 
-    def linear_out(i: int, w: np.ndarray) -> Tensors:  # (F, D)
+    def linear_out(i: int, w: Tensor) -> Tensors:  # (F, D)
         yield layer.format(i=i) + "mlp.down_proj.weight", _f32(w.T)
 
     rules.append(
@@ -325,7 +336,7 @@ def _gemma_rules(e: GemmaDims, expert: int, spec: LoraSpec | None) -> list[Rule]
 def _scale_rule(src: str, dst: str, depth: int, width: int) -> Rule:
     """A stacked (L, width) leaf -> one (width,) tensor per layer (norm scales, biases)."""
 
-    def per_layer(i: int, a: dict[str, np.ndarray]) -> Tensors:
+    def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
         yield dst.format(i=i), _f32(a[src])
 
     return _stacked((src,), depth, per_layer, _layer_targets(dst, depth, {"": (width,)}))
@@ -368,6 +379,9 @@ def plan_targets(rules: list[Rule]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def map_params(params: dict[str, np.ndarray], rules: list[Rule]) -> dict[str, np.ndarray]:
+def map_params(params: dict[str, np.ndarray], rules: list[Rule]) -> dict[str, Tensor]:
     """Apply a plan to an in-memory flat tree (tests and small models); float32 results."""
-    return {name: array for rule in rules for name, array in rule.produce(params.__getitem__)}
+    tensors = {key: as_tensor(array) for key, array in params.items()}
+    return {
+        name: tensor.float() for rule in rules for name, tensor in rule.produce(tensors.__getitem__)
+    }

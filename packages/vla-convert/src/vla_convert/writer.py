@@ -29,6 +29,8 @@ _DTYPES: dict[torch.dtype, tuple[str, int]] = {
 class StreamingSafetensorsWriter:
     """Write tensors named in advance (name -> shape) in any order, each exactly once."""
 
+    chunk_bytes = 64 << 20  # casting granularity
+
     def __init__(
         self,
         path: Path,
@@ -39,7 +41,7 @@ class StreamingSafetensorsWriter:
         if dtype not in _DTYPES:
             raise ValueError(f"unsupported output dtype {dtype}; expected one of {list(_DTYPES)}")
         code, itemsize = _DTYPES[dtype]
-        self.path, self.dtype = path, dtype
+        self.path, self.dtype, self._itemsize = path, dtype, itemsize
         self._shapes = dict(shapes)
         self._offsets: dict[str, int] = {}
         header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -68,19 +70,24 @@ class StreamingSafetensorsWriter:
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
-    def write(self, name: str, array: np.ndarray | torch.Tensor) -> None:
-        """Cast `array` to the file dtype and write it at its reserved byte range."""
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Cast `tensor` to the file dtype (in row chunks: no full-size cast copy) and write it at
+        its reserved byte range."""
         if name not in self._shapes:
             raise KeyError(f"{name} is not in the planned tensor list")
         if name in self._written:
             raise KeyError(f"{name} written twice")
-        tensor = torch.as_tensor(array)
         if tuple(tensor.shape) != self._shapes[name]:
             raise ValueError(
                 f"{name}: produced shape {tuple(tensor.shape)}, planned {self._shapes[name]}"
             )
-        tensor = tensor.to(self.dtype).contiguous()
-        self._pwrite(tensor.view(torch.uint8).numpy().data, self._data_start + self._offsets[name])
+        rows = tensor.reshape(1, -1) if tensor.ndim < 2 else tensor
+        row_bytes = (rows[0].numel() if rows.shape[0] else 0) * self._itemsize
+        step = max(1, self.chunk_bytes // max(row_bytes, 1))
+        offset = self._data_start + self._offsets[name]
+        for start in range(0, rows.shape[0], step):
+            piece = rows[start : start + step].to(self.dtype).contiguous()
+            self._pwrite(piece.view(torch.uint8).numpy().data, offset + start * row_bytes)
         self._written.add(name)
 
     def close(self) -> None:
