@@ -134,3 +134,21 @@ def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path) -> 
     )
     with pytest.raises(KeyError, match="missing keys"):
         load_weights(nn.Linear(4, 4), path / "model.safetensors")
+
+
+def test_loggers_tensorboard_default_optional_extras_named(tmp_path: Path) -> None:
+    import importlib.util
+
+    from vla_train.trainer.loggers import build_logger
+
+    kw = {"run_dir": tmp_path, "project": "p", "run_name": "r", "mode": "offline", "config": {}}
+    tb = build_logger("tensorboard", **kw)
+    tb.log({"train/loss": 1.0}, step=1)
+    tb.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    for extra in ("wandb", "swanlab"):
+        if importlib.util.find_spec(extra) is None:
+            with pytest.raises(ImportError, match=rf"vla-train\[{extra}\]"):
+                build_logger(extra, **kw)
+    with pytest.raises(ValueError, match="logger.backend"):
+        build_logger("mlflow", **kw)

@@ -1,6 +1,6 @@
 """The PushT policy trainer: Hydra config -> IMFPolicy -> checkpoints -> gym-pusht metrics."""
 
-from vla_train.trainer.build import build_dataset, dataset_root, policy_config
+from vla_train.trainer.build import build_dataset, compose_config, dataset_root, policy_config
 from vla_train.trainer.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from vla_train.trainer.distributed import ShardedEpochSampler, init_distributed
 from vla_train.trainer.ema import EMA
@@ -14,6 +14,7 @@ __all__ = [
     "ShardedEpochSampler",
     "build_dataset",
     "build_scheduler",
+    "compose_config",
     "cosine_with_warmup",
     "dataset_root",
     "init_distributed",

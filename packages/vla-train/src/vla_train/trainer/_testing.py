@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
 
-CONFIG_MODULE = "vla_train.conf"
+from vla_train.trainer.build import compose_config
 
-
-def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    """The app config exactly as `vla-train <overrides>` would see it (Hydra compose API)."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+__all__ = ["compose_config", "write_random_walk_dataset"]
 
 
 def write_random_walk_dataset(

@@ -3,6 +3,7 @@ the optimizer. Everything downstream receives plain dataclasses / modules, never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from vla_imf import IMFPolicyConfig
 
+CONFIG_MODULE = "vla_train.conf"
+
 # Keys of the `policy` group that are trainer bookkeeping, not IMFPolicyConfig fields.
 _POLICY_META = ("tag", "extra")
+
+
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The app config exactly as `vla-train <overrides>` would see it (Hydra compose API)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def to_plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
