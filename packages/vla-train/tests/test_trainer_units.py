@@ -150,5 +150,5 @@ def test_loggers_tensorboard_default_optional_extras_named(tmp_path: Path) -> No
         if importlib.util.find_spec(extra) is None:
             with pytest.raises(ImportError, match=rf"vla-train\[{extra}\]"):
                 build_logger(extra, **kw)
-    with pytest.raises(ValueError, match="logger.backend"):
+    with pytest.raises(ValueError, match=r"logger\.backend"):
         build_logger("mlflow", **kw)
