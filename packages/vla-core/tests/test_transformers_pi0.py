@@ -5,7 +5,7 @@ a KV cache, then a stock Gemma "DiT" over [state, actions] reading it. We build 
 (heads / kv heads / head_dim / depth shared, GQA 4/2, N·H != width in the expert), perturb every
 zero-initialised tensor (the (1+w) RMSNorm weights, biases), move its weights into vla-core with
 the public `transformers` rename map (no test-only renaming) and compare, for every vla-core
-attention backend:
+attention backend (eager, sdpa, flex, fa2):
 
 - the velocity v(x_t, t) (cached and joint engine modes), one prompt right-padded;
 - `sample_actions` with the same initial noise and 4 Euler steps;
@@ -48,6 +48,7 @@ BACKENDS = [
         "flex",
         marks=pytest.mark.skipif(not flex_attention_available(), reason="no flex_attention"),
     ),
+    "fa2",  # flash_attn on CUDA without a mask; here (CPU, masked) its documented sdpa fallback
 ]
 
 
