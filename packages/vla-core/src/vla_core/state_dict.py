@@ -360,6 +360,8 @@ def export_state_dict(
     openpi / lerobot get both the token embedding and its tied `paligemma.lm_head.weight`, as
     their `state_dict()` has. `include_unused=True` adds zero tensors for the reference's unused
     keys (`unused_reference_keys`), which costs their memory (263 M values for full-size pi0).
+    The tied pair shares one tensor: `safetensors.torch.save_file` refuses shared tensors, so
+    write such a dict with `save_model`-style de-duplication or `.clone()` one of the two.
     """
     if isinstance(model, nn.Module):
         config = config if config is not None else getattr(model, "config", None)
