@@ -1,0 +1,21 @@
+"""The README's training example really runs (it is executed verbatim)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_training_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 1
+    torch.manual_seed(0)
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    actions = namespace["actions"]
+    assert isinstance(actions, torch.Tensor) and actions.shape == (4, 8, 2)
+    assert torch.isfinite(actions).all()
