@@ -202,3 +202,23 @@ def test_reads_v21_per_episode_files(tmp_path: Path) -> None:
     actions = np.concatenate([e["action"] for e in episodes]).astype(np.float64)
     np.testing.assert_allclose(stats["action"]["mean"], actions.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats["action"]["std"], actions.std(0), rtol=1e-9)
+
+
+def test_pre_encoded_png_bytes_are_stored_as_given(tmp_path: Path) -> None:
+    from vla_train.data.writer import encode_png
+
+    episode = random_episodes(np.random.default_rng(5), [4])[0]
+    writer = LeRobotWriter(tmp_path / "ds", FEATURES, fps=10, task="t")
+    blobs = [encode_png(f) for f in episode["observation.image"]]
+    writer.add_episode(episode, encoded_images={"observation.image": blobs})
+    with pytest.raises(ValueError, match="frames"):
+        writer.add_episode(episode, encoded_images={"observation.image": blobs[:2]})
+    with pytest.raises(KeyError, match="not an image"):
+        writer.add_episode(episode, encoded_images={"action": blobs})
+    root = writer.finalize()
+    table = pq.read_table(root / "data/chunk-000/file-000.parquet", columns=["observation.image"])
+    assert table.column("observation.image").combine_chunks().field("bytes").to_pylist() == blobs
+    frames = read_frames(root)
+    np.testing.assert_array_equal(
+        frames.images["observation.image"].all(), episode["observation.image"]
+    )

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from vla_train.data.layout import (
     atomic_write_json,
 )
 
+_ENCODE_THREADS = max(1, min(8, len(os.sched_getaffinity(0))))
+
 
 def encode_png(frame: np.ndarray) -> bytes:
     """[H, W, 3] uint8 -> PNG bytes (lossless, so the reader gets the exact pixels back)."""
@@ -48,13 +52,17 @@ def feature_stats(values: np.ndarray, spec: FeatureSpec) -> dict[str, np.ndarray
     """min/max/mean/std/count over frames; images per channel in [0, 1] with shape [3, 1, 1]
     (lerobot's convention for image stats)."""
     if spec.dtype == "image":
-        x = values.astype(np.float64).reshape(len(values), -1, 3) / 255.0  # [T, H*W, 3]
-        flat = x.reshape(-1, 3)
+        # Exact and fast: a 256-bin histogram per channel instead of float copies of every pixel.
+        levels = np.arange(256, dtype=np.float64) / 255.0
+        hist = np.stack([np.bincount(values[..., c].ravel(), minlength=256) for c in range(3)])
+        n = hist.sum(1)  # [3]
+        mean = hist @ levels / n
+        present = hist > 0
         stats = {
-            "min": flat.min(0),
-            "max": flat.max(0),
-            "mean": flat.mean(0),
-            "std": flat.std(0),
+            "min": levels[present.argmax(1)],
+            "max": levels[255 - present[:, ::-1].argmax(1)],
+            "mean": mean,
+            "std": np.sqrt(np.maximum(hist @ levels**2 / n - mean**2, 0.0)),
         }
         stats = {k: v.reshape(3, 1, 1) for k, v in stats.items()}
     else:
@@ -81,12 +89,17 @@ def merge_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     }
 
 
-def _arrow_column(values: np.ndarray, spec: FeatureSpec) -> pa.Array:
+def _arrow_column(
+    values: np.ndarray, spec: FeatureSpec, encoded: Sequence[bytes] | None = None
+) -> pa.Array:
     """[T, *shape] -> one parquet column: a scalar for shape (1,), fixed-size lists otherwise
     (nested for multi-dim arrays, as HF `datasets` Sequence/ArrayND store them)."""
     if spec.dtype == "image":
+        if encoded is None:
+            with ThreadPoolExecutor(max_workers=_ENCODE_THREADS) as pool:  # PIL drops the GIL
+                encoded = list(pool.map(encode_png, values))
         return pa.array(
-            [{"bytes": encode_png(f), "path": None} for f in values],
+            [{"bytes": b, "path": None} for b in encoded],
             type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
         )
     arrow_type = pa.from_numpy_dtype(np.dtype(spec.dtype))
@@ -138,9 +151,22 @@ class LeRobotWriter:
         self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
         self._num_frames = 0
 
-    def add_episode(self, frames: Mapping[str, np.ndarray]) -> int:
+    def add_episode(
+        self,
+        frames: Mapping[str, np.ndarray],
+        encoded_images: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> int:
         """`frames[key]` is [T, *features[key].shape] (images [T, H, W, 3] uint8). Returns the
-        new episode's index."""
+        new episode's index. `encoded_images[key]` may hold the frames' PNG bytes already
+        (encoded by `encode_png` in a worker process), which are then stored as given."""
+        encoded_images = encoded_images or {}
+        for key, blobs in encoded_images.items():
+            if key not in self.features or self.features[key].dtype != "image":
+                raise KeyError(f"encoded_images[{key!r}]: not an image feature")
+            if len(blobs) != len(frames[key]):
+                raise ValueError(
+                    f"encoded_images[{key!r}] has {len(blobs)} frames, {key!r} has {len(frames[key])}"
+                )
         missing = sorted(set(self.features) - set(frames))
         extra = sorted(set(frames) - set(self.features))
         if missing or extra:
@@ -162,7 +188,7 @@ class LeRobotWriter:
                 )
             if spec.dtype == "image" and values.dtype != np.uint8:
                 raise ValueError(f"image column {key!r} has dtype {values.dtype}, expected uint8")
-            columns[key] = _arrow_column(values, spec)
+            columns[key] = _arrow_column(values, spec, encoded_images.get(key))
             stats[key] = feature_stats(values, spec)
         frame_index = np.arange(length, dtype=np.int64)
         defaults: dict[str, np.ndarray] = {

@@ -126,7 +126,7 @@ def polyline_targets(points: list[np.ndarray], vmax: float, vmin: float) -> list
     total = sum(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(points))
     if total < 1e-9:
         return []
-    targets, travelled, s = [], 0.0, 0.0
+    targets, s = [], 0.0
     seg_lengths = [float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(points)]
     while total - s > vmin:
         s += min(vmax, max(vmin, 0.5 * (total - s)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla_train.data.layout import FeatureSpec, atomic_write_bytes, atomic_write_json
-from vla_train.data.writer import LeRobotWriter
+from vla_train.data.writer import LeRobotWriter, encode_png
 from vla_train.pusht.episodes import FPS, TASK, Episode, run_expert_episode
 
 #: Bump when the expert or the recorded columns change: it names the cache folder.
@@ -73,6 +74,11 @@ def _run_and_save(job: tuple[int, bool, str]) -> SeedResult:
     }
     if episode.success:
         arrays.update({f"frame/{k}": v for k, v in episode.frames.items()})
+        if "observation.image" in episode.frames:
+            # PNG-encode here, in parallel with the other workers, not in the writer process.
+            blobs = [encode_png(f) for f in episode.frames["observation.image"]]
+            arrays["png/observation.image"] = np.frombuffer(b"".join(blobs), np.uint8)
+            arrays["png_offsets/observation.image"] = np.cumsum([0, *map(len, blobs)])
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(_episode_path(Path(scratch), seed), buf.getvalue())
@@ -100,9 +106,17 @@ def _load_result(path: Path, seed: int) -> SeedResult:
         )
 
 
-def _load_frames(path: Path) -> dict[str, np.ndarray]:
+def _load_frames(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list[bytes]]]:
+    """A saved episode's frames, and the PNG bytes of its images."""
     with np.load(path) as z:
-        return {k.removeprefix("frame/"): z[k] for k in z.files if k.startswith("frame/")}
+        frames = {k.removeprefix("frame/"): z[k] for k in z.files if k.startswith("frame/")}
+        encoded = {}
+        for k in z.files:
+            if k.startswith("png/"):
+                key = k.removeprefix("png/")
+                data, offsets = z[k].tobytes(), z[f"png_offsets/{key}"]
+                encoded[key] = [data[a:b] for a, b in itertools.pairwise(offsets.tolist())]
+    return frames, encoded
 
 
 def _kept(results: dict[int, SeedResult], seed: int, num_episodes: int) -> list[int] | None:
@@ -154,9 +168,9 @@ def generate_dataset(
     try:
         while (kept := _kept(results, seed, num_episodes)) is None:
             successes = sum(r.success for r in results.values())
-            # The missing successes plus ~10 % for failures, at least one seed per worker.
+            # The missing successes plus ~5 % for failures, at least one seed per worker.
             missing = num_episodes - successes
-            batch = max(workers, missing + missing // 10)
+            batch = max(workers, missing + missing // 20)
             todo = []
             for s in range(next_seed, next_seed + batch):
                 path = _episode_path(scratch, s)
@@ -184,8 +198,8 @@ def generate_dataset(
     tried_seeds = [s for s in sorted(results) if s <= kept[-1]]
     writer = LeRobotWriter(out, pusht_features(image), fps=FPS, task=TASK, overwrite=overwrite)
     for s in kept:
-        frames = _load_frames(_episode_path(scratch, s))
-        writer.add_episode({k: frames[k] for k in writer.features})
+        frames, encoded = _load_frames(_episode_path(scratch, s))
+        writer.add_episode({k: frames[k] for k in writer.features}, encoded)
     writer.finalize()
     summary = {
         "generator": "vla_train.pusht.generate",
