@@ -526,3 +526,21 @@ def test_4b_preset_parameter_count_on_meta() -> None:
     with torch.device("meta"):
         hf = Gemma3TextModel(hf_config)
     assert count(hf.parameters()) == backbone_params
+
+
+def test_readme_gemma3_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Gemma-3 engine", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict = {}
+    torch.manual_seed(0)
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert isinstance(model.engine, Gemma3JointEngine)
+    assert model.engine.rope_bases == (1e4, 1e6)
+    assert torch.isfinite(namespace["loss"])
+    assert namespace["actions"].shape == (2, 5, 6)
