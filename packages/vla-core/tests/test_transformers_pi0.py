@@ -31,14 +31,13 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import PI0Config as HFPI0Config
 from transformers import PI0ForConditionalGeneration
 
 from vla_core._testing import random_observation, tiny_pi0_config
 from vla_core.attention import flex_attention_available
 from vla_core.config import PI0Config
 from vla_core.pi0 import Observation, PI0Model, posemb_sincos
-from vla_core.state_dict import export_state_dict, load_state_dict
+from vla_core.state_dict import export_state_dict, load_state_dict, transformers_pi0_config
 
 RTOL = 1e-5  # max|Δ| relative to max|reference output|
 BACKENDS = [
@@ -50,59 +49,6 @@ BACKENDS = [
     ),
     "fa2",  # flash_attn on CUDA without a mask; here (CPU, masked) its documented sdpa fallback
 ]
-
-
-def hf_pi0_config(config: PI0Config) -> HFPI0Config:
-    """The transformers PI0Config with the same dimensions as our (pi0) config."""
-    bb, ex, vis = config.backbone, config.expert, config.vision
-    text = {
-        "model_type": "gemma",
-        "hidden_size": bb.width,
-        "num_hidden_layers": bb.depth,
-        "intermediate_size": bb.mlp_dim,
-        "num_attention_heads": bb.num_heads,
-        "num_key_value_heads": bb.num_kv_heads,
-        "head_dim": bb.head_dim,
-        "vocab_size": bb.vocab_size,
-        "rms_norm_eps": bb.rms_norm_eps,
-        "hidden_activation": "gelu_pytorch_tanh",
-    }
-    vision = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": vis.width,
-        "intermediate_size": vis.mlp_dim,
-        "num_hidden_layers": vis.depth,
-        "num_attention_heads": vis.num_heads,
-        "patch_size": vis.patch_size,
-        "image_size": vis.image_size,
-        "layer_norm_eps": vis.layer_norm_eps,
-        "vision_use_head": False,
-    }
-    dit = {
-        "model_type": "gemma",
-        "hidden_size": ex.width,
-        "num_hidden_layers": ex.depth,
-        "intermediate_size": ex.mlp_dim,
-        "num_attention_heads": ex.num_heads,
-        "num_key_value_heads": ex.num_kv_heads,
-        "head_dim": ex.head_dim,
-        "rms_norm_eps": ex.rms_norm_eps,
-    }
-    return HFPI0Config(
-        vlm_config={
-            "model_type": "paligemma",
-            "text_config": text,
-            "vision_config": vision,
-            "projection_dim": bb.width,
-            "image_token_id": bb.vocab_size,  # a placeholder id outside the vocabulary
-        },
-        dit_config=dit,
-        chunk_size=config.action_horizon,
-        max_state_dim=config.state_dim,
-        max_action_dim=config.action_dim,
-        min_period=config.time_min_period,
-        max_period=config.time_max_period,
-    )
 
 
 @torch.no_grad()
@@ -141,7 +87,7 @@ def max_rel(ours: torch.Tensor, reference: torch.Tensor) -> float:
 def reference() -> tuple[PI0Config, PI0ForConditionalGeneration]:
     torch.manual_seed(0)
     config = tiny_pi0_config("pi0")
-    hf = PI0ForConditionalGeneration(hf_pi0_config(config)).eval()
+    hf = PI0ForConditionalGeneration(transformers_pi0_config(config)).eval()
     assert perturb_zero_tensors(hf) > 0
     assert all(p.any() for p in hf.parameters())
     return config, hf
@@ -234,7 +180,7 @@ def test_export_loads_strictly_into_transformers(batch) -> None:
     model = PI0Model(config).eval()
     perturb_zero_tensors(model, seed=6)
     exported = export_state_dict(model, layout="transformers", include_unused=True)
-    hf = PI0ForConditionalGeneration(hf_pi0_config(config)).eval()
+    hf = PI0ForConditionalGeneration(transformers_pi0_config(config)).eval()
     result = hf.load_state_dict(exported, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 
@@ -261,7 +207,7 @@ def test_export_loads_strictly_into_transformers(batch) -> None:
 def test_export_without_unused_keys_names_them() -> None:
     config = tiny_pi0_config("pi0")
     model = PI0Model(config)
-    hf = PI0ForConditionalGeneration(hf_pi0_config(config))
+    hf = PI0ForConditionalGeneration(transformers_pi0_config(config))
     result = hf.load_state_dict(export_state_dict(model, layout="transformers"), strict=False)
     assert result.missing_keys == ["model.dit.embed_tokens.weight"]
     assert not result.unexpected_keys
@@ -283,7 +229,7 @@ def test_time_embedding_difference_is_the_documented_one() -> None:
     time = torch.tensor([0.001, 0.37, 0.81, 1.0])
     for width in (1024, 32):
         config = tiny_pi0_config("pi0")
-        hf_config = hf_pi0_config(config)
+        hf_config = transformers_pi0_config(config)
         hf_config.dit_config.hidden_size = width
         from transformers.models.pi0.modeling_pi0 import PI0TimestepEmbeddings
 
@@ -304,3 +250,27 @@ def _float64_reference(
     period = min_period * (max_period / min_period) ** fraction
     angle = time.double()[:, None] * (2 * math.pi) / period[None, :]
     return torch.cat([angle.sin(), angle.cos()], dim=-1).float()
+
+
+def test_config_translation_carries_rope_theta(batch) -> None:
+    """A non-default RoPE wavelength reaches both transformers stacks (else the velocity moves)."""
+    import dataclasses
+
+    base = tiny_pi0_config("pi0")
+    config = base.replace(engine=dataclasses.replace(base.engine, rope_max_wavelength=500.0))
+    torch.manual_seed(7)
+    hf = PI0ForConditionalGeneration(transformers_pi0_config(config)).eval()
+    perturb_zero_tensors(hf, seed=8)
+    model = vla_from_hf(config, hf, "sdpa")
+    default_rope = vla_from_hf(base, hf, "sdpa")
+    with torch.no_grad():
+        expected = hf(noise=batch["x_t"], timestep=batch["time"], **hf_inputs(config, batch["obs"]))
+        ours = model.predict_velocity(batch["obs"], batch["x_t"], batch["time"])
+        other = default_rope.predict_velocity(batch["obs"], batch["x_t"], batch["time"])
+    assert max_rel(ours, expected.logits) <= RTOL
+    assert max_rel(other, expected.logits) > 10 * RTOL  # measured 4.4e-4: the check can fail
+
+
+def test_transformers_config_is_pi0_only() -> None:
+    with pytest.raises(ValueError, match="pi0 only"):
+        transformers_pi0_config(tiny_pi0_config("pi05"))

@@ -102,6 +102,7 @@ from vla_core.state_dict import (
     rename_map,
     save_config,
     save_pretrained,
+    transformers_pi0_config,
     unused_reference_keys,
 )
 
@@ -128,6 +129,7 @@ __all__ += [
     "save_pretrained",
     "seed_profiler_flops",
     "seed_setting_config",
+    "transformers_pi0_config",
     "unused_reference_keys",
 ]
 

@@ -58,6 +58,7 @@ __all__ = [
     "rename_map",
     "save_config",
     "save_pretrained",
+    "transformers_pi0_config",
     "unused_reference_keys",
 ]
 
@@ -427,6 +428,74 @@ def load_state_dict(
         raise StateDictMismatchError(layout, missing, unexpected, shapes)
     model.load_state_dict(converted.tensors, strict=strict)
     return converted
+
+
+def transformers_pi0_config(config: PI0Config) -> Any:
+    """transformers' `PI0Config` with the dimensions of our pi0 `config`, so that
+    `PI0ForConditionalGeneration(transformers_pi0_config(c)).load_state_dict(
+    export_state_dict(model, "transformers", include_unused=True))` is a strict load.
+
+    Image placeholders use the id `vocab_size` (outside the vocabulary), as transformers' default.
+    """
+    from transformers import PI0Config as TransformersPI0Config
+
+    if config.is_pi05:
+        raise ValueError(
+            "transformers' PI0ForConditionalGeneration implements pi0 only; no pi0.5 config"
+        )
+    bb, ex, vis = config.backbone, config.expert, config.vision
+    rope = {"rope_theta": float(config.engine.rope_max_wavelength), "rope_type": "default"}
+    text = {
+        "model_type": "gemma",
+        "hidden_size": bb.width,
+        "num_hidden_layers": bb.depth,
+        "intermediate_size": bb.mlp_dim,
+        "num_attention_heads": bb.num_heads,
+        "num_key_value_heads": bb.num_kv_heads,
+        "head_dim": bb.head_dim,
+        "vocab_size": bb.vocab_size,
+        "rms_norm_eps": bb.rms_norm_eps,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rope_parameters": rope,
+    }
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": vis.width,
+        "intermediate_size": vis.mlp_dim,
+        "num_hidden_layers": vis.depth,
+        "num_attention_heads": vis.num_heads,
+        "patch_size": vis.patch_size,
+        "image_size": vis.image_size,
+        "layer_norm_eps": vis.layer_norm_eps,
+        "vision_use_head": False,
+    }
+    dit = {
+        "model_type": "gemma",
+        "hidden_size": ex.width,
+        "num_hidden_layers": ex.depth,
+        "intermediate_size": ex.mlp_dim,
+        "num_attention_heads": ex.num_heads,
+        "num_key_value_heads": ex.num_kv_heads,
+        "head_dim": ex.head_dim,
+        "rms_norm_eps": ex.rms_norm_eps,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rope_parameters": rope,
+    }
+    return TransformersPI0Config(
+        vlm_config={
+            "model_type": "paligemma",
+            "text_config": text,
+            "vision_config": vision,
+            "projection_dim": bb.width,
+            "image_token_id": bb.vocab_size,  # a placeholder id outside the vocabulary
+        },
+        dit_config=dit,
+        chunk_size=config.action_horizon,
+        max_state_dim=config.state_dim,
+        max_action_dim=config.action_dim,
+        min_period=config.time_min_period,
+        max_period=config.time_max_period,
+    )
 
 
 # ---- files -----------------------------------------------------------------------------------
