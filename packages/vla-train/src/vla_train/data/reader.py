@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,15 @@ class ImageColumn:
                 self._decode(int(i))
         return self._frames[indices]
 
-    def all(self) -> np.ndarray:
-        return self.get(np.arange(len(self)))
+    def all(self, threads: int = 8) -> np.ndarray:
+        """Every frame, decoding the missing ones on `threads` threads (PIL drops the GIL)."""
+        missing = np.flatnonzero(~self._decoded).tolist()
+        if missing:
+            with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+                list(pool.map(self._decode, missing))  # each writes its own row
+        frames = self._frames.view()
+        frames.flags.writeable = False  # the cache itself: read-only for callers
+        return frames
 
 
 @dataclass
