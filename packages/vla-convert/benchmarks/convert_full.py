@@ -100,7 +100,6 @@ def phase_load_all(args: argparse.Namespace) -> dict:
     """The load-everything approach: restore the whole tree, map it all in memory, save once."""
     import numpy as np
     import orbax.checkpoint as ocp
-    import torch
     from safetensors.torch import save_file
 
     from vla_convert.dims import infer_dims
@@ -129,7 +128,7 @@ def phase_load_all(args: argparse.Namespace) -> dict:
     walk(tree, "")
     dims = infer_dims({k: v.shape for k, v in flat.items()})
     specs = (OPENPI_LORA_VARIANTS["gemma_2b_lora"], OPENPI_LORA_VARIANTS["gemma_300m_lora"])
-    tensors = {k: torch.from_numpy(v) for k, v in map_params(flat, build_plan(dims, specs)).items()}
+    tensors = map_params(flat, build_plan(dims, specs))  # all fp32, all in memory
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"))
@@ -147,7 +146,9 @@ def _child(phase: str, **kw: object) -> dict:
             continue
         cmd += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(f"phase {phase} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
