@@ -18,10 +18,12 @@ transformers' sinusoid swapped for the float64 one at 1e-5 (measured 3e-7).
 
 Known semantic difference, pinned below: the sinusoidal time embedding. transformers computes it
 in fp32 in openpi JAX's operation order (`freq = 1/period·2π`, then `t ⊗ freq`; JAX runs with
-x64 off), vla-core in float64 like openpi's PyTorch port and lerobot. At the real expert width
-and the tiny one alike (periods down to 4e-3) the fp32 angles carry ~1e-4 rad of rounding, so the
-two embeddings differ by ~1e-4; transformers is the one matching the JAX reference bit-for-bit.
-Through the tiny model's weights this stays far below the 1e-5 output tolerance.
+x64 off), vla-core in float64 like openpi's PyTorch port and lerobot. Angles reach
+t·2π/0.004 ≈ 1571 rad, so any fp32 evaluation is ~1e-4 off the exact embedding: measured with
+jax 0.10 on CPU (not in CI: jax is not a vla-core dependency), JAX and transformers are both
+1.4e-4 from the float64 value and 5.9e-5 from each other; vla-core is 3e-8 from it. So
+transformers reproduces JAX's precision choice (and is the closer of the two to JAX's numbers),
+vla-core the exact value. Through the tiny model's weights this stays below the 1e-5 tolerance.
 """
 
 from __future__ import annotations
@@ -224,8 +226,8 @@ def _jax_order_fp32(
 
 
 def test_time_embedding_difference_is_the_documented_one() -> None:
-    """transformers' sinusoid == JAX order in fp32; ours == float64; they differ by ~1e-4 (the
-    fp32 rounding of angles up to t·2π/4e-3 ≈ 1571 rad), at the real expert width and the tiny one."""
+    """transformers' sinusoid == JAX's operation order in torch fp32; ours == float64; they differ
+    by ~1e-4 (fp32 rounding of angles up to t·2π/4e-3 ≈ 1571 rad), at the real and tiny widths."""
     time = torch.tensor([0.001, 0.37, 0.81, 1.0])
     for width in (1024, 32):
         config = tiny_pi0_config("pi0")
