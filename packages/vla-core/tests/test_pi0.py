@@ -76,7 +76,11 @@ def test_joint_pass_equals_prefix_cache_plus_suffix_pass(variant, implementation
     with torch.no_grad():
         joint = model.predict_velocity(obs, x_t, time, mode="joint")
         cached = model.predict_velocity(obs, x_t, time, mode="cached")
-    assert (joint - cached).abs().max().item() <= 1e-6
+    if implementation == "eager":
+        # Same kernels, same key set: bit-identical (measured max |Δ| = 0 for eager and flex).
+        assert torch.equal(joint, cached)
+    else:  # SDPA may pick a different kernel for a different query count: ≤ 1e-6 (2.4e-7 seen)
+        assert (joint - cached).abs().max().item() <= 1e-6
 
 
 def test_adarms_makes_pi05_depend_on_time_only_when_perturbed() -> None:
