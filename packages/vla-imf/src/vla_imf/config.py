@@ -6,6 +6,7 @@ serialised (`dataclasses.asdict`) without constructing a model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -181,6 +182,15 @@ class IMFPolicyConfig:
         _require(
             self.tangent_source in TANGENT_SOURCES,
             f"tangent_source must be one of {TANGENT_SOURCES}, got {self.tangent_source!r}",
+        )
+        # Accept lists / mappings (e.g. from Hydra) and store hashable, typed values.
+        object.__setattr__(self, "lowdim_keys", tuple(self.lowdim_keys))
+        object.__setattr__(self, "image_keys", tuple(self.image_keys))
+        if isinstance(self.objective_config, Mapping):
+            object.__setattr__(self, "objective_config", ObjectiveConfig(**self.objective_config))
+        _require(
+            isinstance(self.objective_config, ObjectiveConfig),
+            f"objective_config must be an ObjectiveConfig, got {type(self.objective_config)}",
         )
         for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
