@@ -153,19 +153,16 @@ def _vla_to_openpi(config: PI0Config) -> dict[str, str]:
     vlm = f"{pwe}.paligemma.model"
     table: dict[str, str] = {}
 
-    vision_pairs = [
-        ("embeddings.patch_embedding.weight", "embeddings.patch_embedding.weight"),
-        ("embeddings.patch_embedding.bias", "embeddings.patch_embedding.bias"),
-        ("embeddings.position_embedding.weight", "embeddings.position_embedding.weight"),
+    # SigLIP: our names are transformers' own, under openpi's `vision_tower.vision_model.`.
+    vision = [
+        "embeddings.patch_embedding.weight",
+        "embeddings.patch_embedding.bias",
+        "embeddings.position_embedding.weight",
     ]
-    for j in range(config.vision.depth):
-        vision_pairs += [
-            (f"encoder.layers.{j}.{p}", f"encoder.layers.{j}.{p}") for p in _SIGLIP_LAYER
-        ]
-    vision_pairs += [("post_layernorm.weight", "post_layernorm.weight")]
-    vision_pairs += [("post_layernorm.bias", "post_layernorm.bias")]
-    for ours, theirs in vision_pairs:
-        table[f"{_VLA_VISION}.{ours}"] = f"{vlm}.vision_tower.vision_model.{theirs}"
+    vision += [f"encoder.layers.{j}.{p}" for j in range(config.vision.depth) for p in _SIGLIP_LAYER]
+    vision += ["post_layernorm.weight", "post_layernorm.bias"]
+    for name in vision:
+        table[f"{_VLA_VISION}.{name}"] = f"{vlm}.vision_tower.vision_model.{name}"
     for p in ("weight", "bias"):
         table[f"{_VLA_PROJECTOR}.{p}"] = f"{vlm}.multi_modal_projector.linear.{p}"
     table[f"{_VLA_EMBED}.weight"] = f"{vlm}.language_model.embed_tokens.weight"
