@@ -141,3 +141,15 @@ def test_atomic_output_dir_leaves_nothing_on_error(tmp_path: Path) -> None:
         (tmp / "g").write_text("2")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["g"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_generator_randomises_openpi_zero_initialised_leaves() -> None:
+    params = random_openpi_params(tiny_dims(pi05=True, lora_rank=2), seed=0)
+    zero_in_openpi = [
+        k for k in params if k.startswith("PaliGemma/img/head/") or "norm_1/Dense_0" in k
+    ]
+    assert len(zero_in_openpi) == 2 + 6  # head kernel/bias; 3 adaRMS Dense_0 kernel/bias pairs
+    for key in zero_in_openpi:
+        assert 0.01 < float(np.std(params[key])) < 1.0, key  # random and moderate
+    lora_b = params["PaliGemma/llm/layers/attn/attn_vec_einsum/lora_b"]
+    assert 0.02 < float(np.std(lora_b)) < 0.1
