@@ -104,6 +104,16 @@ def test_resume_without_checkpoint_starts_fresh(walk_dataset: Path, tmp_path: Pa
     assert metrics["steps"] == 3
 
 
+def test_periodic_evaluation_every_k_epochs(walk_dataset: Path, tmp_path: Path) -> None:
+    # 99 windows / batch 16 -> 6 batches per epoch: epochs end at steps 6, 12, 18.
+    _train(walk_dataset, tmp_path / "run", "eval.every_epochs=2", "train.max_steps=14")
+    evals = [c for c in _curve(tmp_path / "run") if "eval/success_rate" in c]
+    assert [c["step"] for c in evals] == [12]
+    assert 0.0 <= evals[0]["eval/mean_max_coverage"] <= 1.0
+    steps = [c["step"] for c in _curve(tmp_path / "run") if "train/loss" in c]
+    assert steps == list(range(1, 15))  # the loader restarts cleanly after the eval
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

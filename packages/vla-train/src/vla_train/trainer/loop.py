@@ -342,6 +342,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
                     if info.is_main:
                         res = run_evaluation(ema.model if ema else policy, cfg, device, None)
                         logger.log(res.summary(), step)
+                        assert curve is not None
+                        curve.write(json.dumps({"step": step, **res.summary()}) + "\n")
+                        curve.flush()
                         log.info(
                             "epoch %d step %d: success %.3f coverage %.3f",
                             epoch,
