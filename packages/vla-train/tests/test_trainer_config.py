@@ -47,6 +47,8 @@ def test_every_experiment_composes_into_a_policy_config(experiment: str) -> None
 
     cfg = compose_config([f"experiment={experiment}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
+    if cfg.mode != "train" or not str(cfg.task.name).startswith("pusht"):
+        return  # e.g. experiment=report: composing and resolving is the whole contract
     pcfg = policy_config(cfg)
     assert pcfg.n_emb == cfg.policy.n_emb and pcfg.n_layer == cfg.policy.n_layer
     assert pcfg.horizon == cfg.task.horizon and pcfg.n_action_steps == cfg.task.n_action_steps
