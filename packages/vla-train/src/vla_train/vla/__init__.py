@@ -6,6 +6,7 @@ from vla_train.vla.finetune import (
     FinetuneConfig,
     OptimConfig,
     finetune,
+    finetune_local_processes,
     global_batch_indices,
     learning_rate,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "collate",
     "export_policy",
     "finetune",
+    "finetune_local_processes",
     "global_batch_indices",
     "latest_checkpoint",
     "learning_rate",

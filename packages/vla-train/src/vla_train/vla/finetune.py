@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor
 
 from vla_core import PI0Model
@@ -40,7 +43,14 @@ from vla_train.vla.parallel import (
 from vla_train.vla.policy import PolicyConfig, build_policy, trainable_parameter_count
 from vla_train.vla.tokenizer import load_tokenizer
 
-__all__ = ["FinetuneConfig", "OptimConfig", "finetune", "global_batch_indices", "learning_rate"]
+__all__ = [
+    "FinetuneConfig",
+    "OptimConfig",
+    "finetune",
+    "finetune_local_processes",
+    "global_batch_indices",
+    "learning_rate",
+]
 
 log = logging.getLogger("vla_train.vla")
 
@@ -262,3 +272,33 @@ def _finetune(
         tmp.write_text(json.dumps(metrics, indent=2))
         tmp.replace(run_dir / "metrics.json")
     return metrics
+
+
+def _spawned_worker(
+    rank: int, world_size: int, port: int, config: FinetuneConfig, run_dir: str, out: str
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    metrics = finetune(config, run_dir)
+    if rank == 0:
+        Path(out).write_text(json.dumps(metrics))
+
+
+def finetune_local_processes(
+    config: FinetuneConfig, run_dir: str | Path, nprocs: int = 2
+) -> dict[str, Any]:
+    """`torchrun --nproc_per_node=nprocs` without torchrun: spawn local processes (gloo on CPU)
+    that join one process group and run `finetune`; returns rank 0's metrics."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "rank0_metrics.json"
+    mp.spawn(_spawned_worker, args=(nprocs, port, config, str(run_dir), str(out)), nprocs=nprocs)
+    return json.loads(out.read_text())

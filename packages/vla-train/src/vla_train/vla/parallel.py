@@ -104,7 +104,11 @@ def save_checkpoint(
     marks the checkpoint complete."""
     path = _step_dir(Path(root), step)
     model_state, optim_state = get_state_dict(unwrap_for_state(model), optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
+    dcp.save(
+        {"model": model_state, "optim": optim_state},
+        checkpoint_id=str(path),
+        no_dist=not dist.is_initialized(),
+    )
     if not dist.is_initialized() or dist.get_rank() == 0:
         tmp = path / "meta.json.tmp"
         tmp.write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
@@ -122,7 +126,7 @@ def load_checkpoint(
     module = unwrap_for_state(model)
     model_state, optim_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(
         module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
     )

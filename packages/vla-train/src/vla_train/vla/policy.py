@@ -33,6 +33,7 @@ __all__ = [
     "PruningConfig",
     "apply_freezing",
     "build_policy",
+    "freeze_unreachable",
     "trainable_parameter_count",
 ]
 
@@ -169,10 +170,44 @@ def apply_freezing(model: PI0Model, mode: str) -> None:
             param.requires_grad_(False)
 
 
+def freeze_unreachable(model: PI0Model) -> list[str]:
+    """Freeze parameters the action loss can never reach, so DDP needs no unused-parameter scan and
+    every trainable parameter has optimizer state: the last backbone layer's query / output /
+    MLP path and the final backbone norm (only the prefix K/V of the last layer feed the expert),
+    and with knowledge insulation the whole VLM (the prefix cache is detached). Returns the names."""
+    last = len(model.engine.layers) - 1
+    dead = (
+        f"engine.layers.{last}.backbone.self_attn.q_proj.",
+        f"engine.layers.{last}.backbone.self_attn.o_proj.",
+        f"engine.layers.{last}.backbone.post_attention_layernorm.",
+        f"engine.layers.{last}.backbone.mlp.",
+        "engine.backbone_norm.",
+    )
+    frozen = []
+    for name, param in model.named_parameters():
+        is_vlm = (
+            name.startswith(
+                (
+                    "vision_tower.",
+                    "multi_modal_projector.",
+                    "embed_tokens.",
+                    "engine.backbone_norm.",
+                )
+            )
+            or ".backbone." in name
+        )
+        if name.startswith(dead) or (model.config.knowledge_insulation and is_vlm):
+            if param.requires_grad:
+                param.requires_grad_(False)
+                frozen.append(name)
+    return frozen
+
+
 def build_policy(
     config: PolicyConfig, *, device: torch.device | str = "cpu", seed: int = 0
 ) -> PI0Model:
-    """Model (seeded init) -> pretrained weights (strict) -> freezing -> LoRA -> pruner."""
+    """Model (seeded init) -> pretrained weights (strict) -> chosen freezing -> LoRA ->
+    unreachable parameters frozen -> pruner."""
     model_config = config.model_config()
     torch.manual_seed(seed)
     with torch.device(device):
@@ -183,6 +218,7 @@ def build_policy(
     apply_freezing(model, config.freeze)
     if config.lora is not None:  # adapted projections freeze their base weight
         apply_lora(model, config.lora)
+    freeze_unreachable(model)
     if config.pruning.enabled:
         pruner = ImageTokenPruner(
             model_config.backbone.width, config.pruning.pruner_config(model_config.num_cameras)

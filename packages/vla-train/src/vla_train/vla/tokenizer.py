@@ -135,7 +135,7 @@ def tokenize_prompts(
     tokens = torch.zeros(len(prompts), max_len, dtype=torch.long)
     mask = torch.zeros(len(prompts), max_len, dtype=torch.bool)
     for row, prompt in enumerate(prompts):
-        ids = ([tokenizer.bos_id] + tokenizer.encode(prompt))[:max_len]
+        ids = [tokenizer.bos_id, *tokenizer.encode(prompt)][:max_len]
         if max(ids) >= tokenizer.vocab_size:
             raise ValueError(f"token id {max(ids)} >= vocab_size {tokenizer.vocab_size}")
         tokens[row, : len(ids)] = torch.tensor(ids)
