@@ -80,3 +80,30 @@ def test_generation_resumes_from_saved_seeds(tmp_path: Path) -> None:
     assert "observation.image" not in read_info(out)["features"]
     with pytest.raises(FileExistsError):
         generate_dataset(out, num_episodes=1, seed=seed, image=False, progress=False)
+
+
+def test_cli_in_parallel_matches_serial_generation(tmp_path: Path, capsys) -> None:
+    from vla_train.pusht.__main__ import main
+
+    args = ["--num-episodes", "2", "--seed", "100002", "--no-image"]
+    assert main(["--out", str(tmp_path / "par"), *args, "--workers", "2"]) == 0
+    assert "2 episodes kept" in capsys.readouterr().out
+    generate_dataset(tmp_path / "ser", 2, seed=100_002, image=False, workers=1, progress=False)
+    par, ser = read_frames(tmp_path / "par"), read_frames(tmp_path / "ser")
+    for key in ("action", "observation.state", "observation.environment_state", "index"):
+        np.testing.assert_array_equal(par.columns[key], ser.columns[key])
+
+
+def test_render_writes_a_strip_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vla_train.pusht.render import main
+
+    assert main(["--seed", "100003", "--out", str(tmp_path / "strip.png"), "--size", "96",
+                 "--frames", "4", "--gif", str(tmp_path / "ep.gif")]) == 0  # fmt: skip
+    strip = Image.open(tmp_path / "strip.png")
+    assert strip.size == (4 * 96 + 3 * 4, 96 + 16)
+    gif = Image.open(tmp_path / "ep.gif")
+    assert gif.n_frames > 10
+    with pytest.raises(ValueError, match="96"):
+        main(["--seed", "0", "--size", "64", "--out", str(tmp_path / "x.png")])

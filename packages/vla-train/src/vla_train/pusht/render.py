@@ -21,6 +21,8 @@ from vla_train.pusht.episodes import Episode, run_expert_episode
 def record_episode(seed: int, size: int = 160) -> tuple[Episode, list[np.ndarray], list[float]]:
     """Run the expert; return the episode, one [size, size, 3] frame per step (reset included)
     and the coverage after each step (0 at reset)."""
+    if size < 96:  # gym-pusht draws the action marker with thickness int(size / 96)
+        raise ValueError(f"size={size}: gym-pusht's renderer needs at least 96 pixels")
     frames: list[np.ndarray] = []
     coverage: list[float] = []
 
