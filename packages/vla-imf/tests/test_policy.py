@@ -140,6 +140,18 @@ def test_gradient_checkpointing_gives_identical_loss_and_gradients(backbone: str
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("backbone", ["attnres_full", "vanilla"])
+def test_loss_runs_under_bf16_autocast(backbone: str) -> None:
+    """The trainer may wrap steps in autocast; the JVP itself runs in fp32 with autocast off."""
+    torch.manual_seed(8)
+    policy = _policy(backbone=backbone)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = policy.compute_loss(random_batch(policy.config, batch=2))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert policy.backbone.head.weight.grad is not None
+
+
 def test_v_head_tangent_trains_its_head() -> None:
     torch.manual_seed(5)
     policy = _policy(tangent_source="v_head")

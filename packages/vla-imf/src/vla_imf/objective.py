@@ -98,7 +98,8 @@ def jvp_du_dt(
     """
     if tangent.shape != z.shape:
         raise ValueError(f"tangent {tuple(tangent.shape)} must match z {tuple(z.shape)}")
-    tangents = (tangent, torch.zeros_like(r), torch.ones_like(t))
+    # The tangent may come from a forward under autocast (bf16); the JVP runs in z's dtype.
+    tangents = (tangent.to(z.dtype), torch.zeros_like(r), torch.ones_like(t))
     with sdpa_kernel(SDPBackend.MATH), torch.autocast(device_type=z.device.type, enabled=False):
         try:
             u, du_dt = torch.func.jvp(u_fn, (z, r, t), tangents)[:2]

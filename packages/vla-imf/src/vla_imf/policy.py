@@ -142,7 +142,9 @@ class IMFPolicy(nn.Module):
         x = self.normalizer.normalize("action", action)
 
         def u_fn(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
-            return self.backbone(z, r, t, cond)
+            # The JVP runs with autocast off: match the condition to z (fp32) in case the
+            # encoders ran under autocast.
+            return self.backbone(z, r, t, cond.to(z.dtype))
 
         if cfg.objective == "flow_matching":
             return flow_matching_loss(u_fn, x, cfg.objective_config, valid_mask=valid_mask)
@@ -151,7 +153,7 @@ class IMFPolicy(nn.Module):
             head = self.velocity_head
 
             def velocity_fn(z: Tensor, t: Tensor) -> Tensor:
-                return head(self.backbone.features(z, t, t, cond))
+                return head(self.backbone.features(z, t, t, cond.to(z.dtype)))
 
         return imf_loss(
             u_fn,
