@@ -93,9 +93,11 @@ def main() -> None:
         ratios = {
             "peak_on_over_off": on["peak_mib"] / max(off["peak_mib"], 1e-9),
             "time_on_over_off": on["step_ms"] / off["step_ms"],
+            "cpu_time_on_over_off": on["step_cpu_ms"] / off["step_cpu_ms"],
         }
         print(
-            f"| ratio on/off | {ratios['time_on_over_off']:.2f} | {ratios['peak_on_over_off']:.2f} | "
+            f"| ratio on/off | {ratios['time_on_over_off']:.2f} | "
+            f"{ratios['cpu_time_on_over_off']:.2f} | {ratios['peak_on_over_off']:.2f} | "
             f"{'identical' if on['loss'] == off['loss'] else 'DIFFERENT'} |"
         )
     write_json(
