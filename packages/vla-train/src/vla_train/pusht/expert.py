@@ -32,6 +32,7 @@ EDGE_NORMALS = np.array([(0, -1), (1, 0), (0, 1), (1, 0), (0, 1), (-1, 0), (0, 1
 T_KEYPOINTS = np.array(
     [(-60, 0), (60, 0), (60, 30), (-60, 30), (-15, 30), (15, 30), (15, 120), (-15, 120)], float
 )
+SUCCESS_COVERAGE = 0.95  # gym-pusht's `success_threshold`
 SUCCESS_CHECK_ERROR = 6.0  # px; coverage > 0.95 needs a pose error of a few pixels
 
 
@@ -228,7 +229,7 @@ class PushTExpert:
             self.sim.step(target)
             if (
                 pose_error(self.sim.block_pose()) < SUCCESS_CHECK_ERROR
-                and self.sim.coverage() > 0.95
+                and self.sim.coverage() > SUCCESS_COVERAGE
             ):
                 return arr, self.sim.save(), i
         return arr, self.sim.save(), None
@@ -282,8 +283,7 @@ class PushTExpert:
             if sg.Point(pre).distance(block) < AGENT_RADIUS + c.contact_gap - 0.5:
                 continue  # inside a concave corner: the agent would hit the other arm
             probe = self._probe(state, pre, normals[k], max_push, push_speed)
-            # the best stopping depth of this contact, and the candidate lengths near it
-            for error, reached in probe:
+            for error, reached in probe:  # every depth reached is a candidate push length
                 scored.append((error, k, reached))
         scored.sort()
         best: Primitive | None = None
