@@ -150,6 +150,9 @@ def test_zero_init_aggregation_is_the_plain_mean() -> None:
     with torch.no_grad():
         op.pseudo_query.normal_()
     assert not torch.allclose(op(sources), sources.mean(0), atol=1e-3)
+    # Passing the cached per-source inverse RMS gives the same weights.
+    inv_rms = torch.rsqrt(sources.pow(2).mean(-1) + op.eps)
+    assert torch.allclose(op.weights(sources, inv_rms), op.weights(sources), atol=1e-6)
     # Keys are RMS-normalised without a weight and without 1/sqrt(d): scaling a source leaves
     # its logit unchanged.
     scaled = sources.clone()

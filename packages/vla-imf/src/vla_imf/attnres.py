@@ -20,26 +20,34 @@ from vla_imf.layers import (
     SinusoidalTimeEmbedding,
     SwiGLU,
     init_linear_normal,
-    rms_normalize,
+    inverse_rms,
     rope_cos_sin,
 )
 
 
 class AttnResOperator(nn.Module):
-    """Softmax over the source (depth) axis with an input-independent pseudo-query."""
+    """Softmax over the source (depth) axis with an input-independent pseudo-query.
+
+    `w · rms(v) = (w · v) · rsqrt(mean(v²) + eps)`: callers that keep the per-source inverse RMS
+    (`[N, B, L]`, computed once per source) pass it as `inv_rms` and skip re-normalising every
+    source at every sublayer.
+    """
 
     def __init__(self, n_emb: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
         self.pseudo_query = nn.Parameter(torch.zeros(n_emb))
 
-    def weights(self, sources: Tensor) -> Tensor:  # [N, B, L, D] -> [N, B, L]
-        keys = rms_normalize(sources, self.eps)
-        logits = torch.einsum("d,nbld->nbl", self.pseudo_query.to(sources.dtype), keys)
+    def weights(self, sources: Tensor, inv_rms: Tensor | None = None) -> Tensor:
+        """`[N, B, L, D]` (+ optional `[N, B, L]` inverse RMS) -> softmax weights `[N, B, L]`."""
+        if inv_rms is None:
+            inv_rms = inverse_rms(sources, self.eps)
+        query = self.pseudo_query.to(sources.dtype)
+        logits = torch.einsum("d,nbld->nbl", query, sources) * inv_rms.to(sources.dtype)
         return torch.softmax(logits, dim=0)
 
-    def forward(self, sources: Tensor) -> Tensor:  # [N, B, L, D] -> [B, L, D]
-        return torch.einsum("nbl,nbld->bld", self.weights(sources), sources)
+    def forward(self, sources: Tensor, inv_rms: Tensor | None = None) -> Tensor:
+        return torch.einsum("nbl,nbld->bld", self.weights(sources, inv_rms), sources)
 
 
 class AttnResSubLayer(nn.Module):
@@ -65,8 +73,10 @@ class AttnResSubLayer(nn.Module):
         else:
             self.fn = SwiGLU(config.n_emb, config.ffn_mult, dropout=config.p_drop_attn)
 
-    def forward(self, sources: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        h = self.norm(self.attn_res(sources))  # [B, L, D]
+    def forward(
+        self, sources: Tensor, cos: Tensor, sin: Tensor, inv_rms: Tensor | None = None
+    ) -> Tensor:
+        h = self.norm(self.attn_res(sources, inv_rms))  # [B, L, D]
         if self.is_attention:
             return self.fn(h, cos, sin)
         return self.fn(h)
@@ -114,19 +124,28 @@ class AttnResBackbone(nn.Module):
             dtype=x.dtype,
             device=x.device,
         )
+        eps = self.config.eps
         if self.config.kind == "attnres_full":
-            sources = [x]
+            sources, scales = [x], [inverse_rms(x, eps)]  # values and their inverse RMS
             for layer in self.layers:
-                sources.append(layer(torch.stack(sources), cos, sin))
+                out = layer(torch.stack(sources), cos, sin, torch.stack(scales))
+                sources.append(out)
+                scales.append(inverse_rms(out, eps))
             return torch.stack(sources).sum(0)
         block_size = self.config.attnres_block_size
         blocks: list[Tensor] = [x]  # b_0 = embedding, then completed block sums
+        block_scales: list[Tensor] = [inverse_rms(x, eps)]
         partial: Tensor | None = None  # running sum of the current block's sublayer outputs
         for i, layer in enumerate(self.layers):
-            current = blocks if partial is None else [*blocks, partial]
-            out = layer(torch.stack(current), cos, sin)
+            if partial is None:
+                current, current_scales = blocks, block_scales
+            else:
+                partial_scale = inverse_rms(partial, eps)
+                current, current_scales = [*blocks, partial], [*block_scales, partial_scale]
+            out = layer(torch.stack(current), cos, sin, torch.stack(current_scales))
             if i > 0 and i % block_size == 0 and partial is not None:
                 blocks.append(partial)
+                block_scales.append(partial_scale)
                 partial = None
             partial = out if partial is None else partial + out
         assert partial is not None

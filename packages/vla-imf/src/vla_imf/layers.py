@@ -22,6 +22,12 @@ def rms_normalize(x: Tensor, eps: float) -> Tensor:
     return (xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+def inverse_rms(x: Tensor, eps: float) -> Tensor:
+    """`rsqrt(mean(x²) + eps)` over the last axis (dropped), computed in at least fp32."""
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.rsqrt(x.to(compute_dtype).pow(2).mean(-1) + eps).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with a learned per-channel weight (initialised to 1)."""
 
