@@ -47,7 +47,7 @@ class Rule:
     lora_modules: list[str] = field(default_factory=list)  # merged adapter modules, for summaries
 
 
-def _f32(x: Tensor) -> Tensor:
+def _materialise(x: Tensor) -> Tensor:
     """Materialise a (strided) view: transpose-copy in the SOURCE dtype (half the bytes for bf16),
     no cast; the writer casts chunk-wise into the output dtype. Merged LoRA weights are fp32."""
     return x.contiguous()
@@ -64,8 +64,8 @@ def _dense(src: str, dst: str, fan_in: int, fan_out: int) -> Rule:
     """Flax Dense `kernel (in,out)`, `bias (out,)` -> torch Linear `weight (out,in)`, `bias`."""
 
     def produce(read: Reader) -> Tensors:
-        yield f"{dst}.weight", _f32(read(f"{src}/kernel").T)
-        yield f"{dst}.bias", _f32(read(f"{src}/bias"))
+        yield f"{dst}.weight", _materialise(read(f"{src}/kernel").T)
+        yield f"{dst}.bias", _materialise(read(f"{src}/bias"))
 
     return Rule(
         (f"{src}/kernel", f"{src}/bias"),
@@ -76,7 +76,7 @@ def _dense(src: str, dst: str, fan_in: int, fan_out: int) -> Rule:
 
 def _copy(src: str, dst: str, shape: tuple[int, ...]) -> Rule:
     def produce(read: Reader) -> Tensors:
-        yield dst, _f32(read(src)).reshape(shape)
+        yield dst, _materialise(read(src)).reshape(shape)
 
     return Rule((src,), {dst: shape}, produce)
 
@@ -129,8 +129,8 @@ def _vision_rules(dims: OpenpiDims) -> list[Rule]:
 
         def qkv(i: int, a: dict[str, Tensor], src: str = src, dst: str = dst) -> Tensors:
             kernel = a[f"{src}/kernel"]  # (D, N, Hd)
-            yield dst.format(i=i) + ".weight", _f32(kernel.reshape(kernel.shape[0], -1).T)
-            yield dst.format(i=i) + ".bias", _f32(a[f"{src}/bias"].reshape(-1))
+            yield dst.format(i=i) + ".weight", _materialise(kernel.reshape(kernel.shape[0], -1).T)
+            yield dst.format(i=i) + ".bias", _materialise(a[f"{src}/bias"].reshape(-1))
 
         rules.append(
             _stacked(
@@ -144,8 +144,8 @@ def _vision_rules(dims: OpenpiDims) -> list[Rule]:
 
     def out_proj(i: int, a: dict[str, Tensor]) -> Tensors:
         kernel = a[f"{src}/kernel"]  # (N, Hd, D)
-        yield dst.format(i=i) + ".weight", _f32(kernel.reshape(-1, kernel.shape[-1]).T)
-        yield dst.format(i=i) + ".bias", _f32(a[f"{src}/bias"])
+        yield dst.format(i=i) + ".weight", _materialise(kernel.reshape(-1, kernel.shape[-1]).T)
+        yield dst.format(i=i) + ".bias", _materialise(a[f"{src}/bias"])
 
     rules.append(
         _stacked(
@@ -172,8 +172,8 @@ def _conv_rule(width: int, patch: int) -> Rule:
 
     def produce(read: Reader) -> Tensors:
         # Flax conv kernel HWIO -> torch OIHW
-        yield f"{dst}.weight", _f32(read(f"{src}/kernel").permute(3, 2, 0, 1))
-        yield f"{dst}.bias", _f32(read(f"{src}/bias"))
+        yield f"{dst}.weight", _materialise(read(f"{src}/kernel").permute(3, 2, 0, 1))
+        yield f"{dst}.bias", _materialise(read(f"{src}/bias"))
 
     return Rule(
         (f"{src}/kernel", f"{src}/bias"),
@@ -190,8 +190,8 @@ def _layer_targets(
 
 def _stacked_dense(src: str, dst: str, depth: int, fan_in: int, fan_out: int) -> Rule:
     def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
-        yield dst.format(i=i) + ".weight", _f32(a[f"{src}/kernel"].T)
-        yield dst.format(i=i) + ".bias", _f32(a[f"{src}/bias"])
+        yield dst.format(i=i) + ".weight", _materialise(a[f"{src}/kernel"].T)
+        yield dst.format(i=i) + ".bias", _materialise(a[f"{src}/bias"])
 
     return _stacked(
         (f"{src}/kernel", f"{src}/bias"),
@@ -212,7 +212,7 @@ def _einsum_rule(
     """One attention Einsum weight (+ its `lora_a`/`lora_b` children, merged with scale s)."""
     w_key = f"{name}/w"
     if spec is None:
-        return _stacked((w_key,), e.depth, lambda i, a: emit(i, _f32(a[w_key])), targets)
+        return _stacked((w_key,), e.depth, lambda i, a: emit(i, _materialise(a[w_key])), targets)
     a_key, b_key = f"{name}/lora_a", f"{name}/lora_b"
 
     def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
@@ -230,7 +230,7 @@ def _ffn_rule(
 ) -> Rule:
     """A FeedForward weight (+ its `_lora_a`/`_lora_b` siblings, merged WITHOUT scaling)."""
     if not with_lora:
-        return _stacked((key,), e.depth, lambda i, a: emit(i, _f32(a[key])), targets)
+        return _stacked((key,), e.depth, lambda i, a: emit(i, _materialise(a[key])), targets)
     a_key, b_key = f"{key}_lora_a", f"{key}_lora_b"
 
     def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
@@ -263,7 +263,10 @@ def _gemma_rules(e: GemmaDims, expert: int, spec: LoraSpec | None) -> list[Rule]
             yield layer.format(i=i) + f"self_attn.{proj}.weight", heads_to_rows(w[j])
 
     def o_out(i: int, w: Tensor) -> Tensors:  # (N, H, D) -> (D, N*H)
-        yield layer.format(i=i) + "self_attn.o_proj.weight", _f32(w.reshape(-1, w.shape[-1]).T)
+        yield (
+            layer.format(i=i) + "self_attn.o_proj.weight",
+            _materialise(w.reshape(-1, w.shape[-1]).T),
+        )
 
     q_t = _layer_targets(layer + "self_attn.q_proj", L, {".weight": (N * H, D)})
     k_t = _layer_targets(layer + "self_attn.k_proj", L, {".weight": (K * H, D)})
@@ -282,11 +285,11 @@ def _gemma_rules(e: GemmaDims, expert: int, spec: LoraSpec | None) -> list[Rule]
     ffn_lora = e.ffn_lora_rank is not None
 
     def gating_out(i: int, w: Tensor) -> Tensors:  # (2, D, F): 0 = gate, 1 = up
-        yield layer.format(i=i) + "mlp.gate_proj.weight", _f32(w[0].T)
-        yield layer.format(i=i) + "mlp.up_proj.weight", _f32(w[1].T)
+        yield layer.format(i=i) + "mlp.gate_proj.weight", _materialise(w[0].T)
+        yield layer.format(i=i) + "mlp.up_proj.weight", _materialise(w[1].T)
 
     def linear_out(i: int, w: Tensor) -> Tensors:  # (F, D)
-        yield layer.format(i=i) + "mlp.down_proj.weight", _f32(w.T)
+        yield layer.format(i=i) + "mlp.down_proj.weight", _materialise(w.T)
 
     rules.append(
         _ffn_rule(
@@ -337,7 +340,7 @@ def _scale_rule(src: str, dst: str, depth: int, width: int) -> Rule:
     """A stacked (L, width) leaf -> one (width,) tensor per layer (norm scales, biases)."""
 
     def per_layer(i: int, a: dict[str, Tensor]) -> Tensors:
-        yield dst.format(i=i), _f32(a[src])
+        yield dst.format(i=i), _materialise(a[src])
 
     return _stacked((src,), depth, per_layer, _layer_targets(dst, depth, {"": (width,)}))
 
