@@ -290,7 +290,7 @@ def _spawned_worker(
 
 
 def finetune_local_processes(
-    config: FinetuneConfig, run_dir: str | Path, nprocs: int = 2
+    config: FinetuneConfig, run_dir: str | Path, nprocs: int = 2, start_method: str = "fork"
 ) -> dict[str, Any]:
     """`torchrun --nproc_per_node=nprocs` without torchrun: spawn local processes (gloo on CPU)
     that join one process group and run `finetune`; returns rank 0's metrics."""
@@ -300,5 +300,11 @@ def finetune_local_processes(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "rank0_metrics.json"
-    mp.spawn(_spawned_worker, args=(nprocs, port, config, str(run_dir), str(out)), nprocs=nprocs)
+    # fork: the children inherit the imported modules (a spawn re-imports torch in each child).
+    mp.start_processes(
+        _spawned_worker,
+        args=(nprocs, port, config, str(run_dir), str(out)),
+        nprocs=nprocs,
+        start_method=start_method,
+    )
     return json.loads(out.read_text())
