@@ -393,3 +393,27 @@ def test_full_size_openpi_shapes_match_the_reference_table() -> None:
     assert len(pi05) == 813
     assert tuple(pi05[f"{expert}.input_layernorm.dense.weight"].shape) == (3072, 1024)
     assert tuple(pi05[f"{expert}.input_layernorm.dense.bias"].shape) == (3072,)
+
+
+def test_gemma3_engine_round_trips_in_the_vla_layout_only(tmp_path) -> None:
+    from vla_core.gemma3 import gemma3_policy_config
+
+    config = gemma3_policy_config(
+        backbone="gemma3_tiny",
+        expert="gemma3_tiny_expert",
+        vision="siglip_tiny",
+        action_dim=6,
+        action_horizon=5,
+        max_token_len=12,
+        num_cameras=2,
+    )
+    torch.manual_seed(0)
+    model = PI0Model(config).eval()
+    save_pretrained(model, tmp_path / "ckpt")
+    loaded = load_pretrained(tmp_path / "ckpt")
+    assert loaded.config == config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    for layout in ("openpi", "lerobot", "transformers"):
+        with pytest.raises(ValueError, match="Gemma-3"):
+            rename_map(config, layout)

@@ -217,9 +217,18 @@ def _check_layout(layout: str) -> None:
 def rename_map(config: PI0Config, layout: str) -> dict[str, str]:
     """The explicit table `vla key -> <layout> key` for a model built from `config`.
 
-    `vla` is the identity. `transformers` exists for pi0 only (transformers has no pi0.5).
+    `vla` is the identity. `transformers` exists for pi0 only (transformers has no pi0.5). A
+    Gemma-3 engine (`vla_core.gemma3`) has only the `vla` layout (no reference project stores one
+    in these layouts); its table lists the keys of the model built on the meta device.
     """
     _check_layout(layout)
+    if _has_gemma3_engine(config):
+        if layout != "vla":
+            raise ValueError(
+                f"the {layout!r} layout exists for PaliGemma (Gemma) pi0 / pi0.5 only; a Gemma-3 "
+                "backbone (vla_core.gemma3) has only the 'vla' layout"
+            )
+        return {k: k for k in _built_model_keys(config)}
     table = _vla_to_openpi(config)
     if layout == "vla":
         return {k: k for k in table}
@@ -232,6 +241,20 @@ def rename_map(config: PI0Config, layout: str) -> dict[str, str]:
             "transformers' PI0ForConditionalGeneration implements pi0 only; no pi0.5 layout"
         )
     return {k: _openpi_to_transformers(v) for k, v in table.items()}
+
+
+def _has_gemma3_engine(config: PI0Config) -> bool:
+    from vla_core.gemma3 import Gemma3EngineConfig
+
+    return isinstance(config.engine, Gemma3EngineConfig)
+
+
+def _built_model_keys(config: PI0Config) -> list[str]:
+    """State-dict keys of `PI0Model(config)`, built on the meta device (no memory)."""
+    from vla_core.pi0 import PI0Model
+
+    with torch.device("meta"):
+        return list(PI0Model(config).state_dict())
 
 
 def _tied_lm_head(layout: str) -> str | None:
