@@ -5,6 +5,7 @@ vla-train policy=imf_vanilla train.max_steps=500
 vla-train experiment=sweep                  # the 9-run n_emb x n_layer grid (multirun)
 vla-train experiment=report report.sweep_dir=outputs/sweep_grid
 torchrun --nproc_per_node=2 -m vla_train.cli experiment=smoke   # DDP, same entry point
+vla-train experiment=pi05_finetune_tiny     # VLA fine-tuning (vla_train.vla), tiny CPU run
 """
 
 from __future__ import annotations
@@ -33,8 +34,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         print(paths["table"].read_text())
         print(f"heatmap: {paths['heatmap']}")
         return {k: str(v) for k, v in paths.items()}
+    if cfg.mode == "vla_finetune":  # experiment=pi05_finetune / pi0_finetune (vla_train.vla)
+        from omegaconf import OmegaConf
+
+        from vla_train.vla.from_config import run_vla_finetune
+
+        block = OmegaConf.to_container(cfg.vla, resolve=True)
+        assert isinstance(block, dict)
+        return run_vla_finetune(
+            block, run_dir, seed=int(cfg.seed), device=str(cfg.device), resume=bool(cfg.resume)
+        )
     if cfg.mode != "train":
-        raise ValueError(f"mode must be 'train' or 'report', got {cfg.mode!r}")
+        raise ValueError(f"mode must be 'train', 'report' or 'vla_finetune', got {cfg.mode!r}")
     from vla_train.trainer import train
 
     metrics = train(cfg, run_dir)

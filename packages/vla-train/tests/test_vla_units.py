@@ -1,0 +1,161 @@
+"""Units of the VLA fine-tuning pipeline: tokenizer, normalisation, padding masks, LoRA (merge
+equals the adapted forward to fp32 tolerance), freezing, unreachable parameters, the Hydra
+experiment composition and config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from vla_core import PI0Model
+from vla_core._testing import random_actions, random_observation, tiny_pi0_config
+from vla_train.vla import (
+    LoRAConfig,
+    LoRALinear,
+    Normalizer,
+    PolicyConfig,
+    TinyTokenizer,
+    VLADataConfig,
+    VLADataset,
+    apply_freezing,
+    apply_lora,
+    global_batch_indices,
+    learning_rate,
+    merge_lora,
+    tokenize_prompts,
+    write_synthetic_dataset,
+)
+from vla_train.vla.finetune import OptimConfig
+from vla_train.vla.from_config import finetune_config_from_dict
+from vla_train.vla.policy import freeze_unreachable
+
+
+def test_tiny_tokenizer_round_trip_and_padding() -> None:
+    tok = TinyTokenizer()
+    assert tok.vocab_size <= 128  # fits the tiny backbones' vocabulary
+    assert (
+        tok.decode(tok.encode("Task: pick, State: 12;\nAction: "))
+        == "Task: pick, State: 12;\nAction: "
+    )
+    out = tokenize_prompts(tok, ["ab", "abcdef"], max_len=4)
+    assert out.tokens.tolist() == [[1, *tok.encode("ab"), 0], [1, *tok.encode("abc")]]
+    assert out.mask.tolist() == [[True, True, True, False], [True] * 4]
+
+
+def test_normalizer_modes() -> None:
+    stats = {"mean": np.array([1.0, -2.0]), "std": np.array([2.0, 0.5]),
+             "min": np.array([-3.0, -4.0]), "max": np.array([5.0, 0.0])}  # fmt: skip
+    x = np.array([3.0, -1.0])
+    assert Normalizer(stats, "mean_std", "s").normalize(x).tolist() == [1.0, 2.0]
+    q = Normalizer(stats, "quantiles", "s")  # falls back to min/max without q01/q99
+    assert q.normalize(np.array([5.0, -4.0])).tolist() == [1.0, -1.0]
+    back = q.unnormalize(torch.tensor([[1.0, -1.0, 0.7]]))  # padded dims dropped
+    assert back.tolist() == [[5.0, -4.0]]
+    with pytest.raises(KeyError, match="lacks"):
+        Normalizer({"mean": np.zeros(2)}, "mean_std", "observation.state")
+
+
+def test_dataset_pads_and_masks(tmp_path: Path) -> None:
+    root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, episode_length=6, task="go")
+    ds = VLADataset(VLADataConfig(str(root)), tokenizer=TinyTokenizer(), image_size=56,
+                    action_horizon=4, pad_dim=32, max_token_len=16, variant="pi0")  # fmt: skip
+    last = ds[4]  # frame 4 of a 6-frame episode: 2 real actions, 2 past the end
+    assert last["images"].shape == (2, 3, 56, 56)
+    assert float(last["images"].min()) >= -1.0 and float(last["images"].max()) <= 1.0
+    assert last["action_mask"].sum(1).tolist() == [6, 6, 0, 0]
+    assert last["state_mask"].sum() == 7 and bool((last["state"][7:] == 0).all())
+    assert bool((last["actions"][:, 6:] == 0).all())
+    with pytest.raises(ValueError, match="model width"):
+        VLADataset(VLADataConfig(str(root)), tokenizer=TinyTokenizer(), image_size=56,
+                   action_horizon=4, pad_dim=4, max_token_len=16, variant="pi0")  # fmt: skip
+
+
+def test_lora_merge_matches_adapted_model() -> None:
+    torch.manual_seed(0)
+    model = PI0Model(tiny_pi0_config("pi05"))
+    adapted = apply_lora(
+        model, LoRAConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"))
+    )
+    assert len(adapted) == 2 * 2 * 3  # 2 layers x 2 streams x 3 projections
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            torch.nn.init.normal_(module.lora_b, std=0.05)  # zero-init B would hide a wrong merge
+            assert not module.base.weight.requires_grad
+    obs, actions = random_observation(model.config), random_actions(model.config)
+    noise, time = torch.randn_like(actions), torch.tensor([0.3, 0.8])
+    model.eval()
+    with torch.no_grad():
+        before = model(obs, actions, noise, time)
+        assert merge_lora(model) == 12
+        after = model(obs, actions, noise, time)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="matched no"):
+        apply_lora(model, LoRAConfig(targets=("qkv_proj",)))
+
+
+@pytest.mark.parametrize(
+    ("mode", "frozen_prefix", "trained_prefix"),
+    [
+        ("vision_tower", "vision_tower.", "embed_tokens."),
+        ("backbone", "engine.layers.0.backbone.", "vision_tower."),
+        ("expert_only", "multi_modal_projector.", "engine.layers.0.expert."),
+    ],
+)
+def test_freezing_modes(mode: str, frozen_prefix: str, trained_prefix: str) -> None:
+    model = PI0Model(tiny_pi0_config("pi05"))
+    apply_freezing(model, mode)
+    params = dict(model.named_parameters())
+    assert all(not p.requires_grad for n, p in params.items() if n.startswith(frozen_prefix))
+    assert all(p.requires_grad for n, p in params.items() if n.startswith(trained_prefix))
+    assert params["action_out_proj.weight"].requires_grad
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_unreachable_parameters_get_no_gradient(variant: str) -> None:
+    model = PI0Model(tiny_pi0_config(variant))  # type: ignore[arg-type]
+    model(random_observation(model.config), random_actions(model.config)).mean().backward()
+    params = dict(model.named_parameters())
+    frozen = set(freeze_unreachable(model))
+    # Frozen ones get no gradient or an exactly zero one (pi0's joint pass slices the last
+    # layer's prefix rows out of one attention output); every other parameter gets a gradient.
+    assert all(params[n].grad is None or not params[n].grad.any() for n in frozen)
+    assert {n for n, p in params.items() if p.grad is None} <= frozen
+    assert all(params[n].grad is not None for n in params if n not in frozen)
+
+
+def test_schedule_and_batches_are_pure_functions() -> None:
+    optim = OptimConfig(max_steps=10, learning_rate=1.0, warmup_steps=2, min_lr_ratio=0.1)
+    assert learning_rate(optim, 0) == pytest.approx(1 / 3)
+    assert learning_rate(optim, 2) == pytest.approx(1.0)
+    assert learning_rate(optim, 10) == pytest.approx(0.1)
+    a = global_batch_indices(10, 4, step=3, seed=0)
+    assert a == global_batch_indices(10, 4, step=3, seed=0) and len(set(a)) == 4
+    assert sorted(global_batch_indices(10, 5, 0, 0) + global_batch_indices(10, 5, 1, 0)) == list(
+        range(10)
+    )
+
+
+def test_hydra_experiments_compose_into_configs() -> None:
+    with initialize_config_module(config_module="vla_train.conf", version_base="1.3"):
+        for name, variant in [("pi05_finetune_tiny", "pi05"), ("pi0_finetune_tiny", "pi0"),
+                              ("pi05_finetune", "pi05"), ("pi0_finetune", "pi0")]:  # fmt: skip
+            cfg = compose("config", overrides=[f"experiment={name}", "vla.data.root=/x"])
+            assert cfg.mode == "vla_finetune"
+            from omegaconf import OmegaConf
+
+            block = OmegaConf.to_container(cfg.vla, resolve=True)
+            assert isinstance(block, dict)
+            block.pop("synthetic")
+            config = finetune_config_from_dict(block)  # type: ignore[arg-type]
+            assert config.policy.variant == variant
+        full = finetune_config_from_dict(block)  # type: ignore[arg-type]
+        assert full.policy.model_config().engine.gradient_checkpointing is True
+    with pytest.raises(ValueError, match="unknown keys in vla.policy"):
+        finetune_config_from_dict({"policy": {"varient": "pi0"}, "data": {"root": "/x"}})
+    with pytest.raises(ValueError, match="freeze"):
+        PolicyConfig(freeze="vision")
