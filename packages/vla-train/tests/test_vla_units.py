@@ -155,7 +155,7 @@ def test_hydra_experiments_compose_into_configs() -> None:
             assert config.policy.variant == variant
         full = finetune_config_from_dict(block)  # type: ignore[arg-type]
         assert full.policy.model_config().engine.gradient_checkpointing is True
-    with pytest.raises(ValueError, match="unknown keys in vla.policy"):
+    with pytest.raises(ValueError, match=r"unknown keys in vla\.policy"):
         finetune_config_from_dict({"policy": {"varient": "pi0"}, "data": {"root": "/x"}})
     with pytest.raises(ValueError, match="freeze"):
         PolicyConfig(freeze="vision")

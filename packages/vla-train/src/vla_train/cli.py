@@ -42,7 +42,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         block = OmegaConf.to_container(cfg.vla, resolve=True)
         assert isinstance(block, dict)
         return run_vla_finetune(
-            block, run_dir, seed=int(cfg.seed), device=str(cfg.device), resume=bool(cfg.resume)
+            {str(k): v for k, v in block.items()},
+            run_dir,
+            seed=int(cfg.seed),
+            device=str(cfg.device),
+            resume=bool(cfg.resume),
         )
     if cfg.mode != "train":
         raise ValueError(f"mode must be 'train', 'report' or 'vla_finetune', got {cfg.mode!r}")

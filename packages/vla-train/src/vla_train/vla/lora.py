@@ -51,9 +51,9 @@ class LoRALinear(nn.Module):
         self.base = base
         self.base.requires_grad_(False)
         self.scaling = scaling
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, **factory))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=dtype))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     @property
@@ -112,7 +112,7 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
 def merge_lora(model: nn.Module) -> int:
     """Fold every adapter into its base weight (in place); returns how many were merged."""
     merged = 0
-    for path, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
                 setattr(module, name, child.merged())

@@ -125,7 +125,7 @@ def load_checkpoint(
     path = Path(path)
     module = unwrap_for_state(model)
     model_state, optim_state = get_state_dict(module, optimizer)
-    state = {"model": model_state, "optim": optim_state}
+    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(
         module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]

@@ -196,10 +196,10 @@ def freeze_unreachable(model: PI0Model) -> list[str]:
             )
             or ".backbone." in name
         )
-        if name.startswith(dead) or (model.config.knowledge_insulation and is_vlm):
-            if param.requires_grad:
-                param.requires_grad_(False)
-                frozen.append(name)
+        unreachable = name.startswith(dead) or (model.config.knowledge_insulation and is_vlm)
+        if unreachable and param.requires_grad:
+            param.requires_grad_(False)
+            frozen.append(name)
     return frozen
 
 

@@ -32,8 +32,11 @@ __all__ = [
 class PromptTokenizer(Protocol):
     """What the data pipeline needs: text -> ids (no special tokens), a BOS id and a vocab size."""
 
-    vocab_size: int
-    bos_id: int
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
 
