@@ -50,3 +50,15 @@ def test_cli_prints_the_seed_numbers(capsys) -> None:
     out = capsys.readouterr().out
     for number in ("412,442,352", "2,508,531,712", "574,788,608", "5,576,720", "3,501,339,392"):
         assert number in out
+
+
+def test_gemma3_engine_count_equals_closed_form() -> None:
+    from vla_core.gemma3 import gemma3_policy_config
+
+    for variant in ("pi0", "pi05"):
+        tiny = gemma3_policy_config(
+            variant, backbone="gemma3_tiny", expert="gemma3_tiny_expert", vision="siglip_tiny"
+        )
+        assert count_parameters(tiny) == analytic_parameter_count(tiny)
+        full = gemma3_policy_config(variant)
+        assert count_parameters(full) == analytic_parameter_count(full)

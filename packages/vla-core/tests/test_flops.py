@@ -76,3 +76,15 @@ def test_measure_flops_returns_result_and_breakdown() -> None:
     assert torch.equal(result, torch.full((4, 3), 8.0))
     assert counted.total == 2 * 4 * 8 * 3
     assert sum(counted.by_op.values()) == counted.total
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_flop_counter_equals_closed_form_gemma3_engine(variant) -> None:
+    """The closed form holds for the Gemma-3 backbone too (q/k norms are not matmuls)."""
+    from vla_core.gemma3 import gemma3_policy_config
+
+    config = gemma3_policy_config(
+        variant, backbone="gemma3_tiny", expert="gemma3_tiny_expert", vision="siglip_tiny"
+    )
+    measured = measure_sample_actions_flops(config, num_steps=3, batch_size=2)
+    assert measured.total == analytic_flops(config, num_steps=3, batch_size=2).total

@@ -115,7 +115,8 @@ def count_parameters(config: PI0Config) -> ParameterCount:
 
 
 def analytic_parameter_count(config: PI0Config) -> ParameterCount:
-    """The same count from the config's dimensions alone (a cross-check of the built model)."""
+    """The same count from the config's dimensions alone (a cross-check of the built model);
+    PaliGemma (Gemma) and Gemma-3 (`vla_core.gemma3`) backbones."""
     vis, bb, ex = config.vision, config.backbone, config.expert
 
     siglip_layer = 4 * (vis.width * vis.width + vis.width) + 2 * vis.width * vis.mlp_dim
@@ -136,7 +137,10 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
         return attention + 3 * width * mlp + 2 * norm
 
     adaptive = config.is_pi05
-    backbone = bb.vocab_size * bb.width + bb.depth * gemma_layer(bb, False) + bb.width
+    backbone_layer = gemma_layer(bb, False)
+    if _is_gemma3(config):  # + per-head q/k norms and the two sandwich norms around the MLP
+        backbone_layer += 2 * bb.head_dim + 2 * bb.width
+    backbone = bb.vocab_size * bb.width + bb.depth * backbone_layer + bb.width
     expert_norm = (ex.width * 3 * ex.width + 3 * ex.width) if adaptive else ex.width
     expert = ex.depth * gemma_layer(ex, adaptive) + expert_norm
 
@@ -154,6 +158,12 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
         projections=projections,
         expert_lm_head=ex.vocab_size * ex.width,
     )
+
+
+def _is_gemma3(config: PI0Config) -> bool:
+    from vla_core.gemma3 import Gemma3EngineConfig
+
+    return isinstance(config.engine, Gemma3EngineConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
