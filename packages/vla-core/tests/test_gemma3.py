@@ -544,3 +544,38 @@ def test_readme_gemma3_example_runs() -> None:
     assert model.engine.rope_bases == (1e4, 1e6)
     assert torch.isfinite(namespace["loss"])
     assert namespace["actions"].shape == (2, 5, 6)
+
+
+def test_policy_config_round_trips_through_json(tmp_path) -> None:
+    import json
+
+    from vla_core import load_config, save_config
+
+    config = tiny_policy_config(variant="pi05", attention_implementation="flex")
+    restored = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert isinstance(restored.engine, Gemma3EngineConfig)
+    assert isinstance(restored.engine.backbone, Gemma3Config)
+    assert restored.engine.backbone.layer_types == ("sliding_attention", "full_attention")
+    replaced = config.replace(attention_implementation="eager")
+    assert isinstance(replaced.engine, Gemma3EngineConfig)
+    assert replaced.engine.attention_implementation == "eager"
+    save_config(config, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == config
+    bad = config.to_dict()
+    bad["engine"]["backbone"]["window"] = 3
+    with pytest.raises(ValueError, match=r"PI0Config\.engine\.backbone"):
+        type(config).from_dict(bad)
+
+
+def test_bfloat16_policy_keeps_every_norm_in_fp32() -> None:
+    config = tiny_policy_config(variant="pi05", dtype="bfloat16")
+    model = PI0Model(config)
+    norms = [m for m in model.engine.modules() if isinstance(m, RMSNorm)]
+    # per layer: backbone 4 sandwich + q/k norms, expert 2 AdaRMS; + 2 final norms
+    assert len(norms) == TINY.depth * (6 + 2) + 2
+    assert all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+    assert model.engine.layers[0].backbone.self_attn.q_proj.weight.dtype == torch.bfloat16
+    obs, actions = random_observation(config), random_actions(config)
+    loss = model(obs, actions, time=torch.tensor([0.3, 0.8])).mean()
+    assert torch.isfinite(loss)

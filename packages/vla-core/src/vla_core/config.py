@@ -278,16 +278,27 @@ class PI0Config:
         _check_keys(cls, data, "PI0Config")
         if isinstance(data.get("engine"), dict):
             engine = dict(data["engine"])
-            _check_keys(JointEngineConfig, engine, "PI0Config.engine")
-            for stream in ("backbone", "expert"):
+            engine_cls, backbone_cls = _engine_classes(engine)
+            _check_keys(engine_cls, engine, "PI0Config.engine")
+            for stream, stream_cls in (("backbone", backbone_cls), ("expert", GemmaConfig)):
                 if isinstance(engine.get(stream), dict):
-                    _check_keys(GemmaConfig, engine[stream], f"PI0Config.engine.{stream}")
-                    engine[stream] = GemmaConfig(**engine[stream])
-            data["engine"] = JointEngineConfig(**engine)
+                    _check_keys(stream_cls, engine[stream], f"PI0Config.engine.{stream}")
+                    engine[stream] = stream_cls(**engine[stream])
+            data["engine"] = engine_cls(**engine)
         if isinstance(data.get("vision"), dict):
             _check_keys(SiglipConfig, data["vision"], "PI0Config.vision")
             data["vision"] = SiglipConfig(**data["vision"])
         return cls(**data)
+
+
+def _engine_classes(engine: dict[str, Any]) -> tuple[type[JointEngineConfig], type[GemmaConfig]]:
+    """(engine config, backbone config) classes of an engine dict: a Gemma-3 engine
+    (`vla_core.gemma3`) is the one carrying `enforce_sliding_window`."""
+    if "enforce_sliding_window" in engine:
+        from vla_core.gemma3 import Gemma3Config, Gemma3EngineConfig  # local: gemma3 imports us
+
+        return Gemma3EngineConfig, Gemma3Config
+    return JointEngineConfig, GemmaConfig
 
 
 def _plain(changes: dict[str, Any]) -> dict[str, Any]:
