@@ -579,3 +579,16 @@ def test_bfloat16_policy_keeps_every_norm_in_fp32() -> None:
     obs, actions = random_observation(config), random_actions(config)
     loss = model(obs, actions, time=torch.tensor([0.3, 0.8])).mean()
     assert torch.isfinite(loss)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path) -> None:
+    from vla_core import load_pretrained, save_pretrained
+
+    model = PI0Model(tiny_policy_config(variant="pi05"))
+    perturb(model.engine)
+    restored = load_pretrained(save_pretrained(model, tmp_path / "ckpt"))
+    assert isinstance(restored.engine, Gemma3JointEngine)
+    assert restored.config == model.config
+    restored_state = restored.state_dict()
+    assert restored_state.keys() == model.state_dict().keys()
+    assert all(torch.equal(restored_state[k], v) for k, v in model.state_dict().items())
