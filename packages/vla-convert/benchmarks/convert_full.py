@@ -10,6 +10,8 @@ Each phase runs in its own subprocess so its peak RSS (ru_maxrss) is its own:
 is MEASURED at a reduced depth (same widths) next to a streaming run at that depth, and its
 full-size peak is ESTIMATED as (full-size source tree + full-size output) x the overhead factor
 measured there. Pass --load-all-full to measure it at full size instead.
+Mind the generator's own peak: ~18 GiB RSS at full size (orbax's save holds copies of the tree);
+~7 GB of disk for the checkpoint plus ~13 GB for the fp32 output (both deleted afterwards).
 
   OMP_NUM_THREADS=1 uv run python packages/vla-convert/benchmarks/convert_full.py \
       --workdir /tmp/vla_convert_bench --out /tmp/vla_convert_bench.json
