@@ -23,6 +23,7 @@ from vla_train.vla import (
     VLADataset,
     apply_freezing,
     apply_lora,
+    build_policy,
     global_batch_indices,
     learning_rate,
     merge_lora,
@@ -159,3 +160,31 @@ def test_hydra_experiments_compose_into_configs() -> None:
         finetune_config_from_dict({"policy": {"varient": "pi0"}, "data": {"root": "/x"}})
     with pytest.raises(ValueError, match="freeze"):
         PolicyConfig(freeze="vision")
+
+
+@pytest.mark.parametrize("layout", ["openpi", "lerobot"])
+def test_build_policy_loads_reference_layouts_strictly(tmp_path: Path, layout: str) -> None:
+    from safetensors.torch import save_file
+
+    from vla_core import export_state_dict
+
+    policy = PolicyConfig(
+        variant="pi05", backbone="gemma_tiny", expert="gemma_tiny_expert", vision="siglip_tiny",
+        num_cameras=2, action_horizon=5, max_token_len=12,
+    )  # fmt: skip
+    source = build_policy(policy, seed=1)
+    tensors = {k: v.clone() for k, v in export_state_dict(source, layout).items()}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    loaded = build_policy(
+        PolicyConfig(
+            **{**policy.__dict__, "pretrained": str(tmp_path / "w.safetensors"), "layout": layout}
+        ),  # fmt: skip
+        seed=2,
+    )
+    a, b = source.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    del tensors[next(iter(tensors))]
+    save_file(tensors, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(KeyError):
+        build_policy(PolicyConfig(**{**policy.__dict__, "pretrained": str(tmp_path / "broken.safetensors"),
+                                     "layout": layout}))  # fmt: skip
