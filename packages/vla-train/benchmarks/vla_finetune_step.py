@@ -95,9 +95,11 @@ def run_case(attention: str, ckpt: bool, prune: bool, args: argparse.Namespace) 
             resident = torch.cuda.memory_allocated()
         counter = SavedBytes()
         start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-            with torch.autocast(device.type, torch.bfloat16, enabled=args.full):
-                loss = model(obs, actions).mean()
+        with (
+            torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t),
+            torch.autocast(device.type, torch.bfloat16, enabled=args.full),
+        ):
+            loss = model(obs, actions).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ experiment composition and config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -175,16 +176,14 @@ def test_build_policy_loads_reference_layouts_strictly(tmp_path: Path, layout: s
     source = build_policy(policy, seed=1)
     tensors = {k: v.clone() for k, v in export_state_dict(source, layout).items()}
     save_file(tensors, str(tmp_path / "w.safetensors"))
-    loaded = build_policy(
-        PolicyConfig(
-            **{**policy.__dict__, "pretrained": str(tmp_path / "w.safetensors"), "layout": layout}
-        ),  # fmt: skip
-        seed=2,
-    )
+    weights = str(tmp_path / "w.safetensors")
+    loaded = build_policy(dataclasses.replace(policy, pretrained=weights, layout=layout), seed=2)
     a, b = source.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     del tensors[next(iter(tensors))]
     save_file(tensors, str(tmp_path / "broken.safetensors"))
+    broken = dataclasses.replace(
+        policy, pretrained=str(tmp_path / "broken.safetensors"), layout=layout
+    )
     with pytest.raises(KeyError):
-        build_policy(PolicyConfig(**{**policy.__dict__, "pretrained": str(tmp_path / "broken.safetensors"),
-                                     "layout": layout}))  # fmt: skip
+        build_policy(broken)
