@@ -214,9 +214,10 @@ def test_image_policy_trains_the_image_encoder() -> None:
 def test_overfit_two_modes_with_one_step_samples() -> None:
     """A tiny attnres_full iMF policy learns a 2-mode action law; 1-NFE samples hit both modes.
 
-    Actions are constant chunks at (128, 128) or (384, 384) px (+4 px noise); 300 AdamW steps.
-    Pass: each mode gets ≥ 25 % of 256 samples, median distance to the nearest mode < 40 px,
-    90th percentile < 90 px (modes are 362 px apart). Measured: ~50 / 50 %, ~15 px, ~30 px.
+    Actions are constant chunks at (128, 128) or (384, 384) px (+4 px noise); 400 AdamW steps,
+    lr 1e-2 with cosine decay. Pass: each mode gets 25–75 % of 256 samples, median distance to
+    the nearest mode < 40 px, 90th percentile < 90 px (modes are 362 px apart). Measured over
+    seeds 0/1/2: 51/50/59 %, median 12/25/26 px, p90 37/54/56 px.
     """
     torch.manual_seed(0)
     cfg = tiny_policy_config(
@@ -245,12 +246,15 @@ def test_overfit_two_modes_with_one_step_samples() -> None:
         return torch.cdist(out["action_pred"].mean(1), modes)  # [256, 2]
 
     before = distances().min(1).values.median()
+    steps = 400
     optimizer = policy.configure_optimizers(weight_decay=0.0, learning_rate=1e-2)
-    for _ in range(300):
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(steps):
         loss = policy.compute_loss(batch(256))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     dist = distances()
     nearest = dist.min(1).values
     share = dist.argmin(1).float().mean().item()
