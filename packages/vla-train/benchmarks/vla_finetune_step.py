@@ -66,30 +66,40 @@ class SavedBytes:
         return sum(self.seen.values())
 
 
-def run_case(attention: str, ckpt: bool, prune: bool, args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    config = model_config(attention, ckpt, args.full)
-    with device:
-        model = PI0Model(config)
-    perturb_adarms(model)
-    pruner = None
-    if prune:
-        pruner = ImageTokenPruner(config.backbone.width, PrunerConfig(num_cameras=3))
-        model.set_image_token_filter(pruner)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    obs = random_observation(config, batch_size=args.batch, device=device)
-    gen = torch.Generator().manual_seed(1)
-    actions = torch.randn(args.batch, config.action_horizon, config.action_dim, generator=gen)
-    actions = actions.to(device)
-    schedule = NoiseSchedule("linear", max_steps=args.warmup + args.steps)
-    times, saved = [], 0
-    peak = 0
-    for step in range(args.warmup + args.steps):
-        if pruner is not None:
-            pruner.set_noise_scale(schedule(step))
-        if device.type == "cuda":
+class Case:
+    """One configuration: its own model, optimizer and (optional) pruner, stepped on demand."""
+
+    def __init__(self, attention: str, ckpt: bool, prune: bool, args: argparse.Namespace) -> None:
+        self.device = torch.device(args.device)
+        self.args = args
+        self.key = {"attention": attention, "checkpointing": ckpt, "pruning": prune}
+        torch.manual_seed(0)
+        config = model_config(attention, ckpt, args.full)
+        with self.device:
+            self.model = PI0Model(config)
+        perturb_adarms(self.model)
+        self.pruner = None
+        if prune:
+            self.pruner = ImageTokenPruner(config.backbone.width, PrunerConfig(num_cameras=3))
+            self.model.set_image_token_filter(self.pruner)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5)
+        self.obs = random_observation(config, batch_size=args.batch, device=self.device)
+        gen = torch.Generator().manual_seed(1)
+        shape = (args.batch, config.action_horizon, config.action_dim)
+        self.actions = torch.randn(shape, generator=gen).to(self.device)
+        self.schedule = NoiseSchedule("linear", max_steps=args.warmup + args.steps)
+        self.step_index = 0
+        self.times: list[float] = []
+        self.saved = 0
+        self.peak = 0
+
+    def step(self, timed: bool) -> None:
+        cuda = self.device.type == "cuda"
+        if self.pruner is not None:
+            self.pruner.set_noise_scale(self.schedule(self.step_index))
+        if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             resident = torch.cuda.memory_allocated()
@@ -97,47 +107,57 @@ def run_case(attention: str, ckpt: bool, prune: bool, args: argparse.Namespace) 
         start = time.perf_counter()
         with (
             torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t),
-            torch.autocast(device.type, torch.bfloat16, enabled=args.full),
+            torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.full),
         ):
-            loss = model(obs, actions).mean()
+            loss = self.model(self.obs, self.actions).mean()
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
             torch.cuda.synchronize()
-            peak = max(peak, torch.cuda.max_memory_allocated() - resident)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-        saved = counter.total
-    del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {
-        "attention": attention,
-        "checkpointing": ckpt,
-        "pruning": prune,
-        "step_s": statistics.median(times),
-        "saved_activation_bytes": saved,
-        "cuda_step_peak_bytes": peak if device.type == "cuda" else None,
-    }
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated() - resident)
+        if timed:
+            self.times.append(time.perf_counter() - start)
+        self.saved = counter.total
+        self.step_index += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            **self.key,
+            "step_s": min(self.times),
+            "step_s_median": statistics.median(self.times),
+            "saved_activation_bytes": self.saved,
+            "cuda_step_peak_bytes": self.peak if self.device.type == "cuda" else None,
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--full", action="store_true", help="full-size pi0.5, bf16 (GPU)")
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", default="/tmp/vla_finetune_step.json")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
-    rows = [
-        run_case(attention, ckpt, prune, args)
-        for attention, ckpt, prune in itertools.product(
-            ("eager", "sdpa"), (False, True), (False, True)
-        )
-    ]
+    grid = itertools.product(("eager", "sdpa"), (False, True), (False, True))
+    if args.full:  # one full-size model at a time on the GPU: cases run back to back
+        rows = []
+        for attention, ckpt, prune in grid:
+            case = Case(attention, ckpt, prune, args)
+            for i in range(args.warmup + args.steps):
+                case.step(timed=i >= args.warmup)
+            rows.append(case.result())
+            del case
+            torch.cuda.empty_cache()
+    else:  # interleaved rounds, min over rounds: robust to a shared, noisy CPU
+        cases = [Case(a, c, p, args) for a, c, p in grid]
+        for i in range(args.warmup + args.steps):
+            for case in cases:
+                case.step(timed=i >= args.warmup)
+            print(f"round {i + 1}/{args.warmup + args.steps} done", flush=True)
+        rows = [case.result() for case in cases]
     base = rows[0]
     mem_key = "cuda_step_peak_bytes" if args.device.startswith("cuda") else "saved_activation_bytes"
     header = f"{'attention':<9} {'ckpt':<5} {'prune':<5} {'step':>9} {'time x':>7} {'memory':>10} {'mem x':>6}"
