@@ -33,6 +33,10 @@ FORBIDDEN_IN_VENV = {
     "vla-convert": ["hydra", "vla_prune", "vla_imf", "vla_train"],
 }
 
+# Session venvs are fresh, so let Python cache bytecode there: otherwise every test process (DDP
+# workers included) recompiles torch's sources on import.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "no"
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
