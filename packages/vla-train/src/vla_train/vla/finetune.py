@@ -191,8 +191,6 @@ def _finetune(
     wrapped = wrap_model(
         model, config.strategy, device=info.device, mixed_bf16=config.fsdp_mixed_bf16
     )
-    if config.strategy == "ddp" and model_config.knowledge_insulation:
-        wrapped.find_unused_parameters = True  # type: ignore[assignment]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params,
