@@ -288,7 +288,7 @@ def _spawned_worker(
 
 
 def finetune_local_processes(
-    config: FinetuneConfig, run_dir: str | Path, nprocs: int = 2, start_method: str = "fork"
+    config: FinetuneConfig, run_dir: str | Path, nprocs: int = 2, start_method: str = "spawn"
 ) -> dict[str, Any]:
     """`torchrun --nproc_per_node=nprocs` without torchrun: spawn local processes (gloo on CPU)
     that join one process group and run `finetune`; returns rank 0's metrics."""
@@ -298,7 +298,8 @@ def finetune_local_processes(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "rank0_metrics.json"
-    # fork: the children inherit the imported modules (a spawn re-imports torch in each child).
+    # spawn, not fork: a child forked from a parent whose OpenMP / gloo threads are running can
+    # deadlock on a lock held by a thread that does not exist in the child (seen in CI).
     mp.start_processes(
         _spawned_worker,
         args=(nprocs, port, config, str(run_dir), str(out)),
