@@ -3,6 +3,7 @@ per-case subprocesses (so peak memory is per case), timing and peak-memory probe
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -92,12 +93,21 @@ def median_time(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float
     return statistics.median(wall), statistics.median(cpu)
 
 
-def run_cases(script: str, cases: list[str], extra: list[str]) -> dict[str, dict[str, Any]]:
+def case_arguments(args: argparse.Namespace) -> list[str]:
+    """The parent's command-line options, re-spelt for a per-case child (minus `--case`/`--out`)."""
+    forwarded = []
+    for name, value in vars(args).items():
+        if name not in ("case", "out") and value is not None:
+            forwarded += [f"--{name.replace('_', '-')}", str(value)]
+    return forwarded
+
+
+def run_cases(script: str, cases: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Run each case in a fresh interpreter (`script --case NAME`), collect its JSON line."""
     results = {}
     for case in cases:
         proc = subprocess.run(
-            [sys.executable, script, "--case", case, *extra],
+            [sys.executable, script, "--case", case, *case_arguments(args)],
             capture_output=True,
             text=True,
             check=False,

@@ -69,15 +69,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
-    extra = [
-        "--batch",
-        str(args.batch),
-        "--warmup",
-        str(args.warmup),
-        "--repeats",
-        str(args.repeats),
-    ]
-    results = run_cases(__file__, CASES, extra)
+    results = run_cases(__file__, CASES, args)
     base = results["eager"]
     print(
         f"engine joint forward, reduced-width pi0, prefix 816 + suffix 51, batch {args.batch}, {environment()}"

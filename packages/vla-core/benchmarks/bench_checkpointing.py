@@ -63,17 +63,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
-    extra = [
-        "--variant",
-        args.variant,
-        "--batch",
-        str(args.batch),
-        "--warmup",
-        str(args.warmup),
-        "--repeats",
-        str(args.repeats),
-    ]
-    results = run_cases(__file__, CASES, extra)
+    results = run_cases(__file__, CASES, args)
     off, on = results["off"], results["on"]
     print(
         f"train step, reduced-width {args.variant}, prefix 816, batch {args.batch}, sdpa, {environment()}"

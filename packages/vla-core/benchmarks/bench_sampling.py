@@ -67,19 +67,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
-    extra = [
-        "--variant",
-        args.variant,
-        "--batch",
-        str(args.batch),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--repeats",
-        str(args.repeats),
-    ]
-    results = run_cases(__file__, CASES, extra)
+    results = run_cases(__file__, CASES, args)
     base = results["eager-mode"]
     print(
         f"sample_actions, reduced-width {args.variant}, prefix 816, {args.steps} steps, batch {args.batch}, "
