@@ -99,6 +99,36 @@ def test_expert_episode_succeeds_smoothly_and_deterministically() -> None:
     np.testing.assert_array_equal(again.frames["action"], first.frames["action"])
 
 
+def test_action_noise_perturbs_execution_but_not_the_labels() -> None:
+    """DART-style demos: the env receives target + noise, the dataset records the clean target.
+    Replaying the recorded (clean) actions therefore must NOT reproduce the noisy trajectory,
+    while replaying clean + the same seeded noise must reproduce it exactly."""
+    clean = run_expert_episode(FAST_SEED, image=False)
+    noisy = run_expert_episode(FAST_SEED, image=False, action_noise=4.0)
+    assert noisy.success
+    again = run_expert_episode(FAST_SEED, image=False, action_noise=4.0)
+    np.testing.assert_array_equal(again.frames["action"], noisy.frames["action"])  # seeded
+    n = min(clean.length, noisy.length)
+    assert not np.array_equal(
+        clean.frames["observation.state"][:n], noisy.frames["observation.state"][:n]
+    )
+    rng = np.random.default_rng(FAST_SEED)  # the episode's noise stream
+    env = make_env()
+    obs, _ = env.reset(seed=FAST_SEED)
+    for t, action in enumerate(noisy.frames["action"]):
+        np.testing.assert_array_equal(
+            np.float32(obs["agent_pos"]), noisy.frames["observation.state"][t]
+        )
+        executed = action + rng.normal(0.0, 4.0, 2).astype(np.float32)
+        obs, *_ = env.step(executed)
+    env.close()
+    # labels are the expert's own bounded-speed targets, not the jittery executed actions
+    steps = np.linalg.norm(np.diff(noisy.frames["action"], axis=0), axis=1)
+    assert steps.max() <= ExpertConfig().approach_speed + 1e-3
+    with pytest.raises(ValueError, match="action_noise"):
+        run_expert_episode(FAST_SEED, image=False, action_noise=-1.0)
+
+
 def test_expert_config_validates() -> None:
     with pytest.raises(ValueError, match="push_speed"):
         ExpertConfig(push_speed=0.0)

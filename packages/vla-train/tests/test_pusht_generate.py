@@ -22,6 +22,8 @@ def test_default_dataset_generates_once_into_the_cache(
     monkeypatch.setenv("VLA_CACHE_DIR", str(tmp_path / "cache"))
     expected = default_dataset_path(num_episodes=3, seed=100_001, image=True)
     assert expected.is_relative_to(tmp_path / "cache" / "pusht")
+    noisy = default_dataset_path(num_episodes=3, seed=100_001, image=True, action_noise=6.0)
+    assert noisy != expected and noisy.name.endswith("-noise6")  # noise is part of the cache key
     root = ensure_default_dataset(
         num_episodes=3, seed=100_001, image=True, workers=1, progress=False
     )
@@ -66,7 +68,7 @@ def test_generation_resumes_from_saved_seeds(tmp_path: Path) -> None:
     scratch = out.with_name("ds.episodes")
     scratch.mkdir()
     seed = 100_003
-    first = _run_and_save((seed, False, str(scratch)))
+    first = _run_and_save((seed, False, str(scratch), 0.0))
     assert first.success
     # Mark the saved seed so we can tell it was reused rather than recomputed.
     with np.load(_episode_path(scratch, seed)) as z:

@@ -22,13 +22,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-image", action="store_true", help="low-dim observations only")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        help="std (px) of noise added to executed actions; labels stay clean (DART)",
+    )
     args = parser.parse_args(argv)
     image = not args.no_image
     if args.out is None:
-        root = ensure_default_dataset(args.num_episodes, args.seed, image, args.workers)
+        root = ensure_default_dataset(
+            args.num_episodes, args.seed, image, args.workers, action_noise=args.action_noise
+        )
     else:
         root = generate_dataset(
-            args.out, args.num_episodes, args.seed, image, args.workers, overwrite=args.overwrite
+            args.out,
+            args.num_episodes,
+            args.seed,
+            image,
+            args.workers,
+            overwrite=args.overwrite,
+            action_noise=args.action_noise,
         )
     summary = json.loads((root / GENERATION_META).read_text())
     print(

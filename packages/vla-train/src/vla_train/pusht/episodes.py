@@ -54,14 +54,23 @@ def run_expert_episode(
     max_steps: int = MAX_STEPS,
     on_step: Callable[[Any], None] | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    action_noise: float = 0.0,
 ) -> Episode:
     """Reset gym-pusht with `seed`, act with the expert until success or `max_steps`.
+
+    `action_noise` > 0 executes each target plus Gaussian noise of that std (pixels) while the
+    recorded action stays the expert's clean target (DART-style noise injection): the demos then
+    visit states slightly off the expert's path and label them with the way back, which is what
+    a cloned policy needs once its own errors push it there. The noise is seeded by `seed`.
 
     `on_step(env)` is called after the reset and after every step (e.g. to render a picture);
     `env_kwargs` go to `gym.make` (e.g. `visualization_width`).
     """
     env = make_env(max_steps=max_steps, **(env_kwargs or {}))
+    if action_noise < 0:
+        raise ValueError(f"action_noise={action_noise}: expected >= 0")
     expert = PushTExpert(config)
+    noise_rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     if on_step is not None:
         on_step(env)
@@ -87,7 +96,10 @@ def run_expert_episode(
             )
             if image:
                 columns["observation.image"].append(env.unwrapped._render())  # [96, 96, 3]
-            obs, reward, terminated, truncated, info = env.step(action)
+            executed = action
+            if action_noise > 0:
+                executed = action + noise_rng.normal(0.0, action_noise, 2).astype(np.float32)
+            obs, reward, terminated, truncated, info = env.step(executed)
             steps += 1
             if on_step is not None:
                 on_step(env)

@@ -62,10 +62,10 @@ def _episode_path(scratch: Path, seed: int) -> Path:
     return scratch / f"seed-{seed:07d}.npz"
 
 
-def _run_and_save(job: tuple[int, bool, str]) -> SeedResult:
+def _run_and_save(job: tuple[int, bool, str, float]) -> SeedResult:
     """Worker: roll out one seed and save it (frames only when it succeeded)."""
-    seed, image, scratch = job
-    episode = run_expert_episode(seed, image=image)
+    seed, image, scratch, action_noise = job
+    episode = run_expert_episode(seed, image=image, action_noise=action_noise)
     arrays: dict[str, Any] = {
         "success": episode.success,
         "max_coverage": episode.max_coverage,
@@ -140,18 +140,27 @@ def generate_dataset(
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    action_noise: float = 0.0,
 ) -> Path:
-    """Roll out seeds until `num_episodes` succeed; write them as a LeRobot v3.0 dataset."""
+    """Roll out seeds until `num_episodes` succeed; write them as a LeRobot v3.0 dataset.
+    `action_noise`: see `run_expert_episode` (std in pixels of the executed-action noise)."""
     if num_episodes < 1:
         raise ValueError(f"num_episodes={num_episodes}: expected >= 1")
     if workers < 1:
         raise ValueError(f"workers={workers}: expected >= 1")
+    if action_noise < 0:
+        raise ValueError(f"action_noise={action_noise}: expected >= 0")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     scratch = out.with_name(out.name + ".episodes")
     scratch.mkdir(parents=True, exist_ok=True)
-    request = {"seed": seed, "image": image, "expert_version": EXPERT_VERSION}
+    request = {
+        "seed": seed,
+        "image": image,
+        "expert_version": EXPERT_VERSION,
+        "action_noise": action_noise,
+    }
     request_path = scratch / "request.json"
     if request_path.is_file() and json.loads(request_path.read_text()) != request:
         raise ValueError(
@@ -178,7 +187,7 @@ def generate_dataset(
                     results[s] = _load_result(path, s)  # resumed from an earlier run
                     bar.update(int(results[s].success and bar.n < num_episodes))
                 else:
-                    todo.append((s, image, str(scratch)))
+                    todo.append((s, image, str(scratch), action_noise))
             next_seed += batch
             done_iter = (
                 pool.imap_unordered(_run_and_save, todo)
@@ -211,6 +220,7 @@ def generate_dataset(
         "mean_max_coverage": float(np.mean([results[s].max_coverage for s in tried_seeds])),
         "mean_planning_seconds": float(np.mean([results[s].planning_seconds for s in tried_seeds])),
         "image": image,
+        "action_noise": action_noise,
     }
     atomic_write_json(out / GENERATION_META, summary)
     shutil.rmtree(scratch)
@@ -225,9 +235,12 @@ def cache_dir() -> Path:
     return Path(base) / "vla"
 
 
-def default_dataset_path(num_episodes: int = 200, seed: int = 0, image: bool = True) -> Path:
+def default_dataset_path(
+    num_episodes: int = 200, seed: int = 0, image: bool = True, action_noise: float = 0.0
+) -> Path:
     kind = "image" if image else "lowdim"
-    return cache_dir() / "pusht" / f"{EXPERT_VERSION}-{kind}-n{num_episodes}-seed{seed}"
+    noise = f"-noise{action_noise:g}" if action_noise > 0 else ""
+    return cache_dir() / "pusht" / f"{EXPERT_VERSION}-{kind}-n{num_episodes}-seed{seed}{noise}"
 
 
 @contextlib.contextmanager
@@ -247,10 +260,11 @@ def ensure_default_dataset(
     image: bool = True,
     workers: int | None = None,
     progress: bool = True,
+    action_noise: float = 0.0,
 ) -> Path:
     """The cached expert dataset for these arguments; generated (resumably, in parallel) on
     first use. Concurrent callers wait on a file lock instead of generating twice."""
-    root = default_dataset_path(num_episodes, seed, image)
+    root = default_dataset_path(num_episodes, seed, image, action_noise)
     if (root / GENERATION_META).is_file():
         return root
     with _file_lock(root.with_name(root.name + ".lock")):
@@ -258,6 +272,13 @@ def ensure_default_dataset(
             n = workers if workers is not None else len(os.sched_getaffinity(0))
             print(f"vla: generating the PushT expert dataset into {root} (once)", file=sys.stderr)
             generate_dataset(
-                root, num_episodes, seed, image, workers=n, progress=progress, overwrite=True
+                root,
+                num_episodes,
+                seed,
+                image,
+                workers=n,
+                progress=progress,
+                overwrite=True,
+                action_noise=action_noise,
             )
     return root

@@ -71,7 +71,10 @@ def dataset_root(cfg: DictConfig) -> Path:
 
     return Path(
         ensure_default_dataset(
-            num_episodes=int(ds.num_episodes), seed=int(ds.seed), image=bool(ds.image)
+            num_episodes=int(ds.num_episodes),
+            seed=int(ds.seed),
+            image=bool(ds.image),
+            action_noise=float(ds.get("action_noise", 0.0)),
         )
     )
 
