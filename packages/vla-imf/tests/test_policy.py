@@ -3,6 +3,7 @@ round-trip through safetensors, optimiser groups, gradient checkpointing, and an
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def test_network_evaluations_per_prediction(objective: str, expected_calls: int)
     policy.backbone.register_forward_hook(lambda *_: calls.append(1))
     policy.predict_action(random_batch(policy.config, batch=2))
     assert len(calls) == expected_calls
+
+
+def test_num_inference_steps_override_matches_a_policy_built_with_it() -> None:
+    one = _policy(objective="imf").eval()
+    two = IMFPolicy(dataclasses.replace(one.config, num_inference_steps=2)).eval()
+    two.load_state_dict(one.state_dict())
+    batch = random_batch(one.config, batch=2)
+    calls: list[int] = []
+    one.backbone.register_forward_hook(lambda *_: calls.append(1))
+    got = one.predict_action(
+        batch, generator=torch.Generator().manual_seed(3), num_inference_steps=2
+    )
+    assert len(calls) == 2  # 2 NFE for this call only
+    want = two.predict_action(batch, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got["action_pred"], want["action_pred"])
+    default = one.predict_action(batch, generator=torch.Generator().manual_seed(3))
+    assert len(calls) == 3 and not torch.equal(default["action_pred"], got["action_pred"])
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        one.predict_action(batch, num_inference_steps=0)
 
 
 def test_state_dict_round_trips_through_safetensors(tmp_path: Path) -> None:

@@ -75,6 +75,25 @@ def test_train_30_steps_then_evaluate_2_episodes(expert_dataset: Path, tmp_path:
     assert saved["eval"]["max_coverage"] == ev["max_coverage"]
 
 
+def test_final_weights_also_evaluated_with_other_sampler_steps(
+    walk_dataset: Path, tmp_path: Path
+) -> None:
+    metrics = _train(
+        walk_dataset,
+        tmp_path / "run",
+        "train.max_steps=3",
+        "eval.n_test=1",
+        "eval.max_steps=16",
+        "eval.also_inference_steps=[1,2]",
+    )
+    extra = metrics["eval_by_inference_steps"]
+    assert set(extra) == {"1", "2"}
+    # 1 step is the policy's own sampler: the same episodes give the same numbers.
+    assert extra["1"]["eval/mean_max_coverage"] == metrics["eval"]["mean_max_coverage"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["eval_by_inference_steps"]["2"] == extra["2"]
+
+
 def test_resume_reproduces_the_uninterrupted_run(walk_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     _train(walk_dataset, run)

@@ -171,10 +171,20 @@ class IMFPolicy(nn.Module):
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
     def predict_action(
-        self, obs: Mapping[str, Tensor], *, generator: torch.Generator | None = None
+        self,
+        obs: Mapping[str, Tensor],
+        *,
+        generator: torch.Generator | None = None,
+        num_inference_steps: int | None = None,
     ) -> dict[str, Tensor]:
-        """`{"action": [B, n_action_steps, Da], "action_pred": [B, horizon, Da]}`, unnormalised."""
+        """`{"action": [B, n_action_steps, Da], "action_pred": [B, horizon, Da]}`, unnormalised.
+
+        `num_inference_steps` overrides the config's sampler steps for this call (a MeanFlow
+        model trained for 1 step can also be sampled on a finer grid, e.g. 2-NFE)."""
         cfg = self.config
+        steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
+        if steps is None or steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         cond = self.encode_observations(obs)
         noise = torch.randn(
             (cond.shape[0], cfg.horizon, cfg.action_dim),
@@ -186,11 +196,10 @@ class IMFPolicy(nn.Module):
         def u_fn(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
             return self.backbone(z, r, t, cond)
 
-        assert cfg.num_inference_steps is not None
         if cfg.objective == "imf":
-            normalized = sample_mean_flow(u_fn, noise, cfg.num_inference_steps)
+            normalized = sample_mean_flow(u_fn, noise, steps)
         else:
-            normalized = sample_euler(u_fn, noise, cfg.num_inference_steps)
+            normalized = sample_euler(u_fn, noise, steps)
         action_pred = self.normalizer.unnormalize("action", normalized)
         start = cfg.n_obs_steps - 1
         return {

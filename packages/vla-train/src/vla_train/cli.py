@@ -65,6 +65,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             f"action latency {metrics['action_latency_ms_batch1']:.2f} ms | {run_dir}",
             flush=True,
         )
+        for n, extra in metrics.get("eval_by_inference_steps", {}).items():
+            print(
+                f"  same weights, {n} sampling steps: success rate "
+                f"{extra['eval/success_rate']:.3f}, mean max-coverage "
+                f"{extra['eval/mean_max_coverage']:.3f}, score {extra['eval/mean_score']:.3f}",
+                flush=True,
+            )
     return metrics
 
 

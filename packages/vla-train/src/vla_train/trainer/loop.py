@@ -10,6 +10,7 @@ Evaluation runs under a forked RNG so it never perturbs training randomness.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -95,11 +96,19 @@ def obs_keys(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def run_evaluation(
-    model: Any, cfg: DictConfig, device: torch.device, video_dir: Path | None
+    model: Any,
+    cfg: DictConfig,
+    device: torch.device,
+    video_dir: Path | None,
+    num_inference_steps: int | None = None,
 ) -> EvalResult:
     """gym-pusht rollouts of `model` under a forked, fixed RNG (sampling noise is reproducible
-    and training randomness is left untouched)."""
+    and training randomness is left untouched). `num_inference_steps` overrides the policy's
+    sampler steps (None: the policy's own)."""
     e = cfg.eval
+    predict = model.predict_action
+    if num_inference_steps is not None:
+        predict = functools.partial(predict, num_inference_steps=int(num_inference_steps))
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -107,7 +116,7 @@ def run_evaluation(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(e.start_seed))
             return evaluate(
-                model.predict_action,
+                predict,
                 obs_type=str(cfg.task.env_obs_type),
                 obs_keys=obs_keys(cfg),
                 n_obs_steps=int(cfg.task.n_obs_steps),
@@ -370,6 +379,13 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
         video_dir = run_dir / "videos" if int(cfg.eval.n_videos) > 0 else None
         res = run_evaluation(eval_model, cfg, device, video_dir)
         logger.log(res.summary(), step)
+        # The same final weights sampled on other grids (e.g. iMF 2-NFE), same episodes.
+        by_steps = {
+            int(n): run_evaluation(eval_model, cfg, device, None, num_inference_steps=int(n))
+            for n in cfg.eval.get("also_inference_steps", None) or ()
+        }
+        for n, extra in by_steps.items():
+            logger.log({f"{k}@{n}steps": v for k, v in extra.summary().items()}, step)
         obs = first_observation(
             str(cfg.task.env_obs_type),
             obs_keys(cfg),
@@ -405,6 +421,10 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
             "eval_wall_s": res.wall_s,
             "action_latency_ms_batch1": latency,
             "eval": res.to_dict(),
+            "eval_by_inference_steps": {
+                str(n): {**extra.summary(), "ms_per_policy_call": extra.ms_per_policy_call}
+                for n, extra in by_steps.items()
+            },
         }
         atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics_out, indent=2))
         logger.close()

@@ -1,0 +1,118 @@
+"""How imitable are the generated PushT demos? A plain MLP behaviour-cloning regressor per dataset.
+
+Reference point for the iMF numbers: an MLP (obs window -> the whole action chunk, MSE on
+normalised actions, cosine lr) is trained on each listed dataset with the same step budget and
+evaluated with the same gym-pusht protocol (`vla_train.eval.evaluate`, seeds 100000...). If this
+deterministic regressor, given far more samples than the CPU default sees, stays far from the
+expert, the gap is the data's (discrete planner decisions, few states off the expert's path), not
+the generative policy's. Prints one table and writes JSON to --out.
+
+    uv run python packages/vla-train/benchmarks/bc_ceiling.py --episodes 100 1000 --steps 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vla_train.data import LeRobotWindowDataset
+from vla_train.eval import evaluate
+from vla_train.pusht import ensure_default_dataset
+
+KEYS = ("observation.state", "observation.environment_state")
+
+
+def fit_bc(ds: LeRobotWindowDataset, steps: int, batch: int, hidden: int, seed: int) -> nn.Module:
+    """Train the MLP on every window of `ds` (held in memory); returns a `predict_action` module."""
+    torch.manual_seed(seed)
+    samples = [ds[i] for i in range(len(ds))]
+    obs = torch.stack([torch.cat([s[k] for k in KEYS], -1).flatten() for s in samples])
+    act = torch.stack([s["action"] for s in samples])
+    o_mean, o_std = obs.mean(0), obs.std(0) + 1e-3
+    a_mean, a_std = act.flatten(0, 1).mean(0), act.flatten(0, 1).std(0) + 1e-3
+    x, y = (obs - o_mean) / o_std, ((act - a_mean) / a_std).flatten(1)
+    net = nn.Sequential(
+        nn.Linear(x.shape[1], hidden), nn.Mish(),
+        nn.Linear(hidden, hidden), nn.Mish(),
+        nn.Linear(hidden, hidden), nn.Mish(),
+        nn.Linear(hidden, y.shape[1]),
+    )  # fmt: skip
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,))
+        loss = (net(x[idx]) - y[idx]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    horizon, start = ds.horizon, ds.n_obs_steps - 1
+
+    class BCPolicy(nn.Module):
+        def forward(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            flat = torch.cat([window[k] for k in KEYS], -1).flatten(1)
+            chunk = net((flat - o_mean) / o_std).view(-1, horizon, 2) * a_std + a_mean
+            return {"action": chunk[:, start : start + 8]}
+
+    return BCPolicy().eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--n-test", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/vla_bc_ceiling.json"))
+    args = parser.parse_args()
+
+    rows = []
+    for n in args.episodes:
+        root = ensure_default_dataset(num_episodes=n, seed=0, image=False)
+        ds = LeRobotWindowDataset(root, n_obs_steps=2, horizon=16, keys=KEYS, n_action_steps=8)
+        tic = time.perf_counter()
+        policy = fit_bc(ds, args.steps, args.batch, args.hidden, args.seed)
+        train_s = time.perf_counter() - tic
+        r = evaluate(
+            policy, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=2,
+            n_episodes=args.n_test, n_envs=25,
+        )  # fmt: skip
+        rows.append(
+            {
+                "episodes": n,
+                "windows": len(ds),
+                "steps": args.steps,
+                "batch": args.batch,
+                "samples_seen": args.steps * args.batch,
+                "train_s": train_s,
+                "success_rate": r.success_rate,
+                "mean_max_coverage": r.mean_max_coverage,
+                "mean_score": r.mean_score,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+
+    print("\n| demos | windows | samples seen | success | mean max-coverage | score | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['episodes']} | {row['windows']:,} | {row['samples_seen']:,} | "
+            f"{row['success_rate']:.2f} | {row['mean_max_coverage']:.3f} | "
+            f"{row['mean_score']:.3f} | {row['train_s']:.0f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}))
+    tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()
