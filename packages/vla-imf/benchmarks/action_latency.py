@@ -10,15 +10,12 @@ default) round-robin across the three samplers, per backbone; reports medians an
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from _common import pusht_policy, round_robin_median_s, write_result
 
-from vla_imf import IMFPolicy, IMFPolicyConfig
-from vla_imf._testing import pusht_stats, random_batch
+from vla_imf._testing import random_batch
 
 SAMPLERS = (("imf", 1), ("flow_matching", 10), ("flow_matching", 100))
 
@@ -46,37 +43,21 @@ def main() -> None:
     print("| backbone | sampler | NFE | latency (ms) | vs iMF 1-step |")
     print("|---|---|---|---|---|")
     for backbone in args.backbones.split(","):
-        policies = {}
+        calls = {}
         for objective, steps in SAMPLERS:
-            cfg = IMFPolicyConfig(
-                backbone=backbone,  # type: ignore[arg-type]
-                objective=objective,  # type: ignore[arg-type]
+            policy = pusht_policy(
+                backbone=backbone,
+                objective=objective,
                 num_inference_steps=steps,
-                lowdim_keys=("observation.state", "observation.environment_state"),
                 n_emb=args.n_emb,
                 n_layer=args.n_layer,
                 n_head=args.n_head,
-                n_kv_head=1,
-            )
-            policy = IMFPolicy(cfg).eval()
-            policy.fit_normalizer(pusht_stats(cfg))
-            policies[(objective, steps)] = (policy, random_batch(cfg, batch=args.batch))
-
-        def run(key: tuple[str, int], policies: dict = policies) -> float:
-            policy, obs = policies[key]
-            start = time.perf_counter()
-            policy.predict_action(obs)
-            return time.perf_counter() - start
-
-        for key in policies:
-            run(key)  # warm-up
-        times: dict[tuple[str, int], list[float]] = {key: [] for key in policies}
-        for _ in range(args.repeats):
-            for key in policies:
-                times[key].append(run(key))
-        base = statistics.median(times[("imf", 1)])
-        for (objective, steps), values in times.items():
-            median = statistics.median(values)
+            ).eval()
+            obs = random_batch(policy.config, batch=args.batch)
+            calls[(objective, steps)] = lambda p=policy, o=obs: p.predict_action(o)
+        medians = round_robin_median_s(calls, warmup=1, repeats=args.repeats)
+        base = medians[("imf", 1)]
+        for (objective, steps), median in medians.items():
             label = "iMF 1-step" if objective == "imf" else f"flow matching {steps}-step Euler"
             rows.append(
                 {
@@ -88,12 +69,7 @@ def main() -> None:
                 }
             )
             print(f"| {backbone} | {label} | {steps} | {1000 * median:.2f} | {median / base:.1f} |")
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_result(args.out, args, rows)
 
 
 if __name__ == "__main__":

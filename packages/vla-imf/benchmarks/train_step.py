@@ -10,15 +10,13 @@ and ratios to vanilla. Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from _common import pusht_policy, round_robin_median_s, write_result
 
-from vla_imf import IMFPolicy, IMFPolicyConfig
-from vla_imf._testing import pusht_stats, random_batch
+from vla_imf import IMFPolicy
+from vla_imf._testing import random_batch
 
 BACKBONES = ("vanilla", "attnres_full", "attnres_block")
 OBJECTIVES = ("imf", "flow_matching")
@@ -42,44 +40,33 @@ def main() -> None:
     runs = {}
     for backbone in BACKBONES:
         for objective in OBJECTIVES:
-            cfg = IMFPolicyConfig(
-                backbone=backbone,  # type: ignore[arg-type]
-                objective=objective,  # type: ignore[arg-type]
+            policy = pusht_policy(
+                backbone=backbone,
+                objective=objective,
                 horizon=args.horizon,
                 n_obs_steps=2,
                 n_action_steps=8,
-                lowdim_keys=("observation.state", "observation.environment_state"),
                 n_emb=args.n_emb,
                 n_layer=args.n_layer,
                 n_head=args.n_head,
-                n_kv_head=1,
                 p_drop_attn=0.0,
                 attnres_block_size=4,
             )
-            policy = IMFPolicy(cfg)
-            policy.fit_normalizer(pusht_stats(cfg))
             optimizer = policy.configure_optimizers()
-            batch = random_batch(cfg, batch=args.batch)
+            batch = random_batch(policy.config, batch=args.batch)
             params = sum(p.numel() for p in policy.backbone.parameters())
             runs[(backbone, objective)] = (policy, optimizer, batch, params)
 
-    def step(key: tuple[str, str]) -> float:
-        policy, optimizer, batch, _ = runs[key]
-        start = time.perf_counter()
+    def step(policy: IMFPolicy, optimizer: torch.optim.Optimizer, batch: dict) -> None:
         loss = policy.compute_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return time.perf_counter() - start
 
-    for _ in range(args.warmup):
-        for key in runs:
-            step(key)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
-    for _ in range(args.repeats):
-        for key in runs:
-            times[key].append(step(key))
-    median_ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+    calls = {key: (lambda r=run: step(*r[:3])) for key, run in runs.items()}
+    median_ms = {
+        key: 1000 * s for key, s in round_robin_median_s(calls, args.warmup, args.repeats).items()
+    }
 
     rows = []
     header = (
@@ -110,12 +97,7 @@ def main() -> None:
             f"| {backbone} | {row['params']:,} | {fm:.1f} | {imf:.1f} | {row['imf_over_fm']:.2f} "
             f"| {row['fm_vs_vanilla']:.2f} | {row['imf_vs_vanilla']:.2f} |"
         )
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_result(args.out, args, rows)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ import torch
 from torch import nn
 
 from vla_train.data import LeRobotWindowDataset
+from vla_train.data.layout import atomic_write_json
 from vla_train.eval import evaluate
 from vla_train.pusht import ensure_default_dataset
 
 KEYS = ("observation.state", "observation.environment_state")
+N_OBS_STEPS, HORIZON, N_ACTION_STEPS = 2, 16, 8  # diffusion_policy's PushT windows, as the trainer
 
 
 def fit_bc(ds: LeRobotWindowDataset, steps: int, batch: int, hidden: int, seed: int) -> nn.Module:
@@ -52,13 +54,13 @@ def fit_bc(ds: LeRobotWindowDataset, steps: int, batch: int, hidden: int, seed: 
         opt.step()
         sched.step()
 
-    horizon, start = ds.horizon, ds.n_obs_steps - 1
+    chunk_shape, start = act.shape[1:], ds.n_obs_steps - 1
 
     class BCPolicy(nn.Module):
         def forward(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             flat = torch.cat([window[k] for k in KEYS], -1).flatten(1)
-            chunk = net((flat - o_mean) / o_std).view(-1, horizon, 2) * a_std + a_mean
-            return {"action": chunk[:, start : start + 8]}
+            chunk = net((flat - o_mean) / o_std).view(-1, *chunk_shape) * a_std + a_mean
+            return {"action": chunk[:, start : start + N_ACTION_STEPS]}
 
     return BCPolicy().eval()
 
@@ -77,12 +79,14 @@ def main() -> None:
     rows = []
     for n in args.episodes:
         root = ensure_default_dataset(num_episodes=n, seed=0, image=False)
-        ds = LeRobotWindowDataset(root, n_obs_steps=2, horizon=16, keys=KEYS, n_action_steps=8)
+        ds = LeRobotWindowDataset(
+            root, n_obs_steps=N_OBS_STEPS, horizon=HORIZON, keys=KEYS, n_action_steps=N_ACTION_STEPS
+        )
         tic = time.perf_counter()
         policy = fit_bc(ds, args.steps, args.batch, args.hidden, args.seed)
         train_s = time.perf_counter() - tic
         r = evaluate(
-            policy, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=2,
+            policy, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=N_OBS_STEPS,
             n_episodes=args.n_test, n_envs=25,
         )  # fmt: skip
         rows.append(
@@ -108,10 +112,7 @@ def main() -> None:
             f"{row['success_rate']:.2f} | {row['mean_max_coverage']:.3f} | "
             f"{row['mean_score']:.3f} | {row['train_s']:.0f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -66,9 +66,9 @@ def run_expert_episode(
     `on_step(env)` is called after the reset and after every step (e.g. to render a picture);
     `env_kwargs` go to `gym.make` (e.g. `visualization_width`).
     """
-    env = make_env(max_steps=max_steps, **(env_kwargs or {}))
     if action_noise < 0:
         raise ValueError(f"action_noise={action_noise}: expected >= 0")
+    env = make_env(max_steps=max_steps, **(env_kwargs or {}))
     expert = PushTExpert(config)
     noise_rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
