@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
-import sys
 import time
 import warnings
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import device, environment, run_cases, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -47,10 +44,6 @@ EXPERT = GemmaConfig(
 PREFIX_LEN, PADDED, SUFFIX_LEN = 2 * 256 + 48, 10, 50
 FORWARD_CASES = ["eager", "sdpa", "flex"]
 TRAIN_CASES = ["train:sdpa:off", "train:sdpa:on", "train:eager:off", "train:eager:on"]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _LiveTensorBytes(TorchDispatchMode):
@@ -88,7 +81,7 @@ class _LiveTensorBytes(TorchDispatchMode):
 def _peak_mib(fn: Callable[[], Any]) -> float:
     """Peak extra tensor memory of one call: the CUDA allocator's peak, or on CPU the peak of
     live tensor storages created during the call."""
-    if _device().type == "cuda":
+    if device().type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -107,11 +100,11 @@ def _min_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
         fn()
     times = []
     for _ in range(repeats):
-        if _device().type == "cuda":
+        if device().type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
-        if _device().type == "cuda":
+        if device().type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return min(times)
@@ -137,7 +130,7 @@ def _inputs(batch: int, dev: torch.device, dtype: torch.dtype) -> dict[str, torc
 def run_case(case: str, args: argparse.Namespace) -> dict[str, float | None]:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    dev = _device()
+    dev = device()
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     train = case.startswith("train:")
     backend, checkpointing = (case.split(":")[1], case.endswith(":on")) if train else (case, False)
@@ -182,12 +175,6 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, float | None]:
     return {"ms": _min_ms(fn, args.warmup, args.repeats), "peak_mib": peak}
 
 
-def _environment() -> str:
-    dev = _device()
-    name = torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu"
-    return f"torch {torch.__version__}, {dev.type} ({name}), {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case")
@@ -199,21 +186,10 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
-    extra = ["--batch", str(args.batch), "--warmup", str(args.warmup)]
-    extra += ["--repeats", str(args.repeats)]
-    results: dict[str, dict[str, Any]] = {}
-    for case in FORWARD_CASES + TRAIN_CASES:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--case", case, *extra], capture_output=True, text=True
-        )
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode or not lines:
-            results[case] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-        else:
-            results[case] = json.loads(lines[-1])
+    results = run_cases(__file__, FORWARD_CASES + TRAIN_CASES, args)
 
     tokens = f"prefix {PREFIX_LEN} ({PADDED} padded) + suffix {SUFFIX_LEN}, batch {args.batch}"
-    print(f"Gemma-3 engine, reduced widths, {tokens}; {_environment()}")
+    print(f"Gemma-3 engine, reduced widths, {tokens}; {environment()}")
     print("\n| joint forward | min ms | time / eager | peak tensor MiB | peak / eager |")
     print("|---|---|---|---|---|")
     _rows(results, FORWARD_CASES, "eager")
@@ -223,18 +199,15 @@ def main() -> None:
     print("|---|---|---|---|---|")
     _rows(results, TRAIN_CASES[:2], "train:sdpa:off")
     _rows(results, TRAIN_CASES[2:], "train:eager:off")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
     payload = {
         "benchmark": "gemma3_backends",
-        "environment": _environment(),
+        "environment": environment(),
         "batch": args.batch,
         "prefix_len": PREFIX_LEN,
         "suffix_len": SUFFIX_LEN,
         "results": results,
     }
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, payload)
     print(f"\nwrote {args.out}")
 
 
