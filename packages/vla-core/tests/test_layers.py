@@ -83,7 +83,7 @@ def test_block_causal_mask_cumsum_rule() -> None:
 
 def test_time_embedding_matches_openpi_formula() -> None:
     time = torch.tensor([0.0, 0.37, 1.0])
-    emb = posemb_sincos(time, 8, 4e-3, 4.0)
+    emb = posemb_sincos(time, 8, 4e-3, 4.0, "exact")
     fraction = torch.linspace(0, 1, 4, dtype=torch.float64)
     period = 4e-3 * (4.0 / 4e-3) ** fraction
     angle = time.double()[:, None] * 2 * torch.pi / period

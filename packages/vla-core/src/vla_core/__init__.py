@@ -37,7 +37,13 @@ from vla_core.gemma3 import (
 )
 from vla_core.layers import JointDecoderLayer, RMSNorm, StreamBlock
 from vla_core.masks import BlockCausalMask
-from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix, posemb_sincos
+from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix
+from vla_core.time_arithmetic import (
+    TIME_ARITHMETICS,
+    TimeArithmetic,
+    euler_time_grid,
+    posemb_sincos,
+)
 from vla_core.vision import VisionTower
 
 __version__ = _version("vla-core")
@@ -46,6 +52,7 @@ __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "GEMMA_PRESETS",
     "SIGLIP_PRESETS",
+    "TIME_ARITHMETICS",
     "BlockCausalMask",
     "EngineOutput",
     "GemmaConfig",
@@ -61,10 +68,12 @@ __all__ = [
     "RMSNorm",
     "SiglipConfig",
     "Suffix",
+    "TimeArithmetic",
     "VisionTower",
     "__version__",
     "apply_activation_checkpointing",
     "attend",
+    "euler_time_grid",
     "flex_attention_available",
     "gemma_config",
     "is_activation_checkpointed",

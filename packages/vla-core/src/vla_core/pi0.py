@@ -6,7 +6,6 @@ Euler from t=1 to 0 in `num_steps` steps with the prefix K/V cached once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +19,7 @@ from vla_core.engine import JointEngine, PrefixCache
 from vla_core.filters import ImageTokenFilter
 from vla_core.gemma3 import Gemma3EngineConfig, Gemma3JointEngine
 from vla_core.layers import RMSNorm
+from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
 
 __all__ = ["Observation", "PI0Model", "Prefix", "Suffix", "posemb_sincos"]
@@ -95,17 +95,6 @@ class Suffix:
     pad_mask: Tensor
     ar_mask: Tensor
     cond: Tensor | None
-
-
-def posemb_sincos(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
-    """openpi sine-cosine time embedding: time [B] or [B, H] -> [..., dim] fp32."""
-    if dim % 2:
-        raise ValueError(f"time embedding width must be even, got {dim}")
-    high = torch.float64 if time.device.type not in ("mps",) else torch.float32
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=high, device=time.device)
-    period = min_period * (max_period / min_period) ** fraction
-    angle = time.to(high)[..., None] * (2.0 * math.pi) / period
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(torch.float32)
 
 
 class PI0Model(nn.Module):
@@ -255,14 +244,23 @@ class PI0Model(nn.Module):
         prefix_positions = torch.cat([image_positions, positions[:, num_image:]], dim=1)
         return Prefix(prefix_tokens, pad_mask, ar_mask, prefix_positions, suffix_offset)
 
-    def embed_suffix(self, state: Tensor | None, noisy_actions: Tensor, time: Tensor) -> Suffix:
+    def embed_suffix(
+        self,
+        state: Tensor | None,
+        noisy_actions: Tensor,
+        time: Tensor,
+        time_arithmetic: TimeArithmetic = "openpi",
+    ) -> Suffix:
         """pi0: [state] + action tokens mixed with the time embedding by an MLP; ar = [1, 1, 0…].
         pi0.5: action tokens only, ar = [1, 0…]; time -> MLP -> AdaRMS cond.
-        noisy_actions [B, H, A]; time [B] (or [B, H] per token)."""
+        noisy_actions [B, H, A]; time [B] (or [B, H] per token); `time_arithmetic` see
+        `vla_core.time_arithmetic`."""
         config = self.config
         batch, horizon, _ = noisy_actions.shape
         width = config.expert.width
-        time_emb = posemb_sincos(time, width, config.time_min_period, config.time_max_period)
+        time_emb = posemb_sincos(
+            time, width, config.time_min_period, config.time_max_period, time_arithmetic
+        )
         action_tokens = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
         device = noisy_actions.device
         if config.is_pi05:
@@ -318,9 +316,10 @@ class PI0Model(nn.Module):
         state: Tensor | None,
         noisy_actions: Tensor,
         time: Tensor,
+        time_arithmetic: TimeArithmetic = "openpi",
     ) -> Tensor:
         """One velocity evaluation reading the prefix cache (never mutated). -> [B, H, A] fp32."""
-        suffix = self.embed_suffix(state, noisy_actions, time)
+        suffix = self.embed_suffix(state, noisy_actions, time, time_arithmetic)
         out = self.engine(
             None,
             suffix.tokens,
@@ -341,6 +340,7 @@ class PI0Model(nn.Module):
         *,
         mode: Literal["joint", "cached"] = "joint",
         detach_cache: bool = False,
+        time_arithmetic: TimeArithmetic = "openpi",
     ) -> Tensor:
         """v(x_t, t) [B, H, A]: `joint` = one `[prefix, suffix]` pass with the full 2-D mask;
         `cached` = prefix pass filling the K/V cache, then the suffix pass reading it
@@ -350,10 +350,12 @@ class PI0Model(nn.Module):
             cache = self.fill_prefix_cache(prefix)
             if detach_cache:
                 cache = cache.detach()
-            return self.denoise_step(cache, prefix, observation.state, noisy_actions, time)
+            return self.denoise_step(
+                cache, prefix, observation.state, noisy_actions, time, time_arithmetic
+            )
         if mode != "joint":
             raise ValueError(f"mode must be 'joint' or 'cached', got {mode!r}")
-        suffix = self.embed_suffix(observation.state, noisy_actions, time)
+        suffix = self.embed_suffix(observation.state, noisy_actions, time, time_arithmetic)
         out = self.engine(
             prefix.tokens,
             suffix.tokens,
@@ -410,11 +412,19 @@ class PI0Model(nn.Module):
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample_actions(
-        self, observation: Observation, noise: Tensor | None = None, num_steps: int = 10
+        self,
+        observation: Observation,
+        noise: Tensor | None = None,
+        num_steps: int = 10,
+        *,
+        time_arithmetic: TimeArithmetic = "openpi",
     ) -> Tensor:
-        """Prefix once, then `num_steps` Euler steps from t=1 (noise) to t=0. -> [B, H, A] fp32."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        """Prefix once, then `num_steps` Euler steps from t=1 (noise) to t=0. -> [B, H, A] fp32.
+
+        `time_arithmetic="openpi"` (default) reproduces openpi's float32 time grid (`t += dt`) and
+        time embedding, as the models converted from openpi checkpoints were trained; `"exact"`
+        uses `t_k = 1 − k/N` and a float64 embedding (see `vla_core.time_arithmetic`)."""
+        times = euler_time_grid(num_steps, time_arithmetic)
         config = self.config
         batch = observation.batch_size
         device = observation.tokens.device
@@ -427,8 +437,10 @@ class PI0Model(nn.Module):
         cache = self.fill_prefix_cache(prefix)
         dt = -1.0 / num_steps
         actions = noise.float()
-        for step in range(num_steps):
-            time = torch.full((batch,), 1.0 + step * dt, device=device)
-            velocity = self.denoise_step(cache, prefix, observation.state, actions, time)
+        for t in times:
+            time = torch.full((batch,), t, dtype=torch.float32, device=device)
+            velocity = self.denoise_step(
+                cache, prefix, observation.state, actions, time, time_arithmetic
+            )
             actions = actions + dt * velocity.float()
         return actions
