@@ -38,10 +38,8 @@ def test_cli_converts_verifies_and_summarises(
     assert worst < 1e-4
     record = json.loads((out / "conversion.json").read_text())
     assert record["lora"]["action_expert"] == {
-        "rank": 4,
-        "alpha": 8.0,
-        "rslora": True,
-        "scale": 4.0,
+        "attn": {"rank": 4, "alpha": 8.0, "rslora": True, "scale": 4.0},
+        "ffn": {"rank": 4, "scale": 1.0},
     }
     assert record["dtype"] == "float32" and record["value_suffixed"] is True
     assert (out / "assets" / "trossen" / "norm_stats.json").is_file()
@@ -67,5 +65,10 @@ def test_cli_errors_exit_nonzero_with_named_cause(
     assert "LoraConfigError" in capsys.readouterr().err
     assert main([*base, "--variant", "pi0", "--lora-rank", "4", "--lora-alpha", "4"]) == 1
     assert "is pi05" in capsys.readouterr().err
-    assert main([*base, "--lora-rank", "4"]) == 2
+    assert main([*base, "--lora-rank", "4"]) == 1  # rank alone: alpha still unknown
+    assert "alpha / rslora are not stored" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--lora", "tower=head,alpha=2"])
+    assert exit_info.value.code == 2
+    assert "LoRA tower must be one of" in capsys.readouterr().err
     assert not out.exists()

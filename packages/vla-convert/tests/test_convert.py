@@ -79,7 +79,9 @@ def test_convert_matches_in_memory_plan(
     }
     record = json.loads((out / "conversion.json").read_text())
     assert record["model"] == ("pi05" if pi05 else "pi0")
-    assert record["lora"]["paligemma"] == (None if not lora else {**vars(spec), "scale": 2.0})
+    attn = {**vars(spec), "scale": 2.0} if lora else None
+    ffn = {"rank": 4, "scale": 1.0} if lora else None
+    assert record["lora"]["paligemma"] == (None if not lora else {"attn": attn, "ffn": ffn})
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert f.metadata()["source"] == "openpi"
     assert {p.name for p in tmp_path.iterdir()} == {"ckpt", "out"}  # no temp dirs left

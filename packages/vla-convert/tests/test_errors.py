@@ -120,14 +120,7 @@ def test_lora_present_but_config_unknown(tmp_path: Path) -> None:
     step = write_openpi_checkpoint(tmp_path / "c", _params(lora=4))
     _convert_fails(step, tmp_path / "o", LoraConfigError, "rank 4.*not stored")
     _convert_fails(
-        step,
-        tmp_path / "o",
-        LoraConfigError,
-        "rank 16 but .* rank 4",
-        paligemma_variant="gemma_2b_lora",
-    )
-    _convert_fails(
-        step, tmp_path / "o", LoraConfigError, "rank 8 but .* rank 4", lora=LoraSpec(8, 8.0)
+        step, tmp_path / "o", LoraConfigError, r"rank 8 .* rank 4", lora=LoraSpec(8, 8.0)
     )
 
 

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from vla_convert._testing import random_openpi_params, tiny_dims
 from vla_convert.dims import LLM
-from vla_convert.errors import LoraConfigError
-from vla_convert.lora import LoraSpec, delta_equation, lora_equations, resolve_lora_spec
+from vla_convert.lora import LoraSpec, delta_equation, lora_equations
 from vla_convert.mapping import LANGUAGE, build_plan, map_params
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -142,17 +141,6 @@ def test_feedforward_lora_is_unscaled_and_matches_online_jax(rslora: bool) -> No
             assert np.abs(gate.numpy() - np.asarray(_dot(x, wg[0], ag[0], bg[0]))).max() <= TOL
             # scaling the FFN delta by alpha/rank (as for attention) would be wrong
             assert np.abs(_ffn(x, wg, ag, bg, wl, al, bl, spec.scale) - ref).max() > 1e-2
-
-
-def test_resolve_lora_spec_refuses_to_guess() -> None:
-    with pytest.raises(LoraConfigError, match="rank 4"):
-        resolve_lora_spec("expert", 4, None, None)
-    with pytest.raises(LoraConfigError, match="'gemma_2b' has no LoRA"):
-        resolve_lora_spec("expert", 16, "gemma_2b", None)
-    with pytest.raises(LoraConfigError, match=r"rank 16 but the adapters .* rank 4"):
-        resolve_lora_spec("expert", 4, "gemma_2b_lora", None)
-    assert resolve_lora_spec("expert", 32, "gemma_300m_lora", None).scale == 1.0
-    assert resolve_lora_spec("expert", 4, "gemma_2b_lora", LoraSpec(4, 2.0)).scale == 0.5
 
 
 def test_lora_spec_validation() -> None:

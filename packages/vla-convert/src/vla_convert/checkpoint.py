@@ -104,6 +104,19 @@ class OpenpiCheckpoint:
                 )
             self.leaves[key] = LeafInfo(key, path, tuple(int(d) for d in shape), np.dtype(dtype))
 
+    def close(self) -> None:
+        """Stop orbax's background machinery now, not at interpreter exit (where its asyncio
+        handlers can print "Event loop is closed" tracebacks after an error)."""
+        close = getattr(self._checkpointer, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> OpenpiCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def value_suffixed(self) -> bool:
         """Whether the leaves carry nnx.State's trailing `value` key."""

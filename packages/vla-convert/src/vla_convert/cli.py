@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from vla_convert.convert import convert_openpi
 from vla_convert.errors import ConversionError
-from vla_convert.lora import OPENPI_LORA_VARIANTS, LoraSpec
+from vla_convert.lora_config import OPENPI_GEMMA_VARIANTS, LoraDeclaration
 
-_GEMMA_VARIANTS = ["gemma_2b", "gemma_300m", "dummy", *sorted(OPENPI_LORA_VARIANTS)]
+_GEMMA_VARIANTS = sorted(OPENPI_GEMMA_VARIANTS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="openpi JAX/Flax pi0 / pi0.5 checkpoint -> PyTorch safetensors (LoRA merged)",
         description="Convert <step>/params (+ assets/*/norm_stats.json) of an openpi checkpoint. "
         "Model type and every dimension are read from the tensors; LoRA alpha/rslora are not "
-        "stored, so pass --lora-rank/--lora-alpha or the openpi LoRA variant names.",
+        "stored: declare them per tower / module with --lora, or pass the openpi LoRA variant "
+        "names.",
     )
     p.add_argument("--checkpoint-dir", required=True, help="<step> dir (or its params/ dir)")
     p.add_argument("--out", required=True, help="output directory (created atomically)")
@@ -33,8 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--paligemma-variant", choices=_GEMMA_VARIANTS, help="openpi LLM variant")
     p.add_argument("--action-expert-variant", choices=_GEMMA_VARIANTS, help="openpi expert variant")
-    p.add_argument("--lora-rank", type=int, help="LoRA rank (checked against the adapter shapes)")
-    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (scale = alpha/rank)")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="tower=T,module=M,rank=R,alpha=A,rslora=B",
+        help="LoRA of one tower (backbone|expert|all) and module (attn|ffn|all), repeatable; "
+        "rank defaults to the adapters' shapes (checked when given), alpha is required for "
+        "attention adapters (not stored in checkpoints); FeedForward LoRA is unscaled",
+    )
+    p.add_argument("--lora-rank", type=int, help="shorthand: --lora tower=all,rank=R,...")
+    p.add_argument("--lora-alpha", type=float, help="shorthand: --lora tower=all,alpha=A,...")
     p.add_argument("--lora-rslora", action="store_true", help="rsLoRA: scale = alpha/sqrt(rank)")
     p.add_argument(
         "--dtype",
@@ -51,14 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    lora = None
-    if (args.lora_rank is None) != (args.lora_alpha is None):
-        print("vla-convert: error: --lora-rank and --lora-alpha go together", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        if args.lora_rank is not None:
-            lora = LoraSpec(args.lora_rank, args.lora_alpha, args.lora_rslora)
+        lora = [LoraDeclaration.parse(text) for text in args.lora]
+        if args.lora_rank is not None or args.lora_alpha is not None or args.lora_rslora:
+            lora.append(
+                LoraDeclaration("all", "all", args.lora_rank, args.lora_alpha, args.lora_rslora)
+            )
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2
+    try:
         summary = convert_openpi(
             args.checkpoint_dir,
             args.out,
@@ -76,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ConversionError, FileExistsError, ValueError) as exc:
         print(f"vla-convert: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # permissions, full disk, ...: the cause and the path, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"vla-convert: error: {type(exc).__name__}: {exc.strerror or exc}{where}",
+            file=sys.stderr,
+        )
         return 1
     print(summary.describe())
     return 0

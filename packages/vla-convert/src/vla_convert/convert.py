@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,14 +24,18 @@ from vla_convert import layouts
 from vla_convert.checkpoint import OpenpiCheckpoint, copy_norm_stats
 from vla_convert.dims import OpenpiDims, infer_dims, validate_leaves
 from vla_convert.errors import (
-    LoraConfigError,
     ModelMismatchError,
     NonFiniteError,
     UnknownLeafError,
 )
-from vla_convert.lora import LoraSpec, resolve_lora_spec
+from vla_convert.lora import LoraSpec
+from vla_convert.lora_config import LoraDeclaration, resolve_tower_loras
 from vla_convert.mapping import Rule, as_tensor, build_plan, plan_targets
-from vla_convert.writer import StreamingSafetensorsWriter, atomic_output_dir
+from vla_convert.writer import (
+    StreamingSafetensorsWriter,
+    atomic_output_dir,
+    check_output_location,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 CONVERSION_FILE = "conversion.json"
@@ -70,29 +74,6 @@ class ConversionSummary:
             lines.append(f"  verify: max |Δ| = {worst:.3g} over {len(self.max_abs_diff)} kinds")
             lines += [f"    {k}: {v:.3g}" for k, v in sorted(self.max_abs_diff.items())]
         return "\n".join(lines)
-
-
-def resolve_lora(
-    dims: OpenpiDims,
-    paligemma_variant: str | None,
-    action_expert_variant: str | None,
-    lora: LoraSpec | None,
-) -> tuple[LoraSpec | None, LoraSpec | None]:
-    """LoRA spec per expert (PaliGemma, action expert); None where the expert has no adapters."""
-    specs: list[LoraSpec | None] = []
-    names = ("PaliGemma expert (llm/*)", "action expert (llm/*_1)")
-    for e, variant, where in zip(dims.experts, (paligemma_variant, action_expert_variant), names):
-        if e.attn_lora_rank is None:
-            specs.append(None)
-            continue
-        spec = resolve_lora_spec(where, e.attn_lora_rank, variant, lora)
-        if e.ffn_lora_rank is not None and e.ffn_lora_rank != spec.rank:
-            raise LoraConfigError(
-                f"{where}: FeedForward LoRA rank {e.ffn_lora_rank} != attention LoRA rank "
-                f"{spec.rank}; openpi variants use one LoRAConfig for both"
-            )
-        specs.append(spec)
-    return specs[0], specs[1]
 
 
 def count_nonfinite(array: np.ndarray) -> int:
@@ -143,7 +124,7 @@ def convert_openpi(
     model: Literal["pi0", "pi05"] | None = None,
     paligemma_variant: str | None = None,
     action_expert_variant: str | None = None,
-    lora: LoraSpec | None = None,
+    lora: LoraSpec | LoraDeclaration | Sequence[LoraDeclaration] | None = None,
     action_horizon: int = 50,
     config_overrides: dict[str, Any] | None = None,
     allow_nonfinite: bool = False,
@@ -153,14 +134,54 @@ def convert_openpi(
 ) -> ConversionSummary:
     """Convert `<step>/params` (+ assets) of an openpi checkpoint into `out_dir`.
 
-    `model` (pi0 / pi05) is only checked against the tensors; every dimension is inferred.
-    LoRA scales come from `lora` or from the openpi variant names (e.g. `gemma_2b_lora`); with
-    adapters present and neither given, `LoraConfigError` is raised. `action_horizon` and
+    `model` (pi0 / pi05) is only checked against the tensors; every dimension is inferred, and the
+    openpi variant names, when given, are checked against them (`ModelMismatchError`).
+    LoRA: ranks come from the adapter shapes; attention alpha / rsLoRA from `lora` (one
+    `LoraSpec` for every tower, or per-tower / per-module `LoraDeclaration`s) or from LoRA variant
+    names (e.g. `gemma_2b_lora`); FeedForward LoRA is unscaled. Missing alpha, a contradicting
+    rank, or a declaration that matches no adapters raise `LoraConfigError`. `action_horizon` and
     `config_overrides` (vla layout: extra `PI0Config` fields such as `num_cameras`) fill the config
     fields that a checkpoint does not store.
     """
     start = time.perf_counter()
-    ckpt = OpenpiCheckpoint(checkpoint_dir)
+    given = Path(checkpoint_dir)
+    check_output_location(out_dir, [given, given.parent] if given.name == "params" else [given])
+    with OpenpiCheckpoint(checkpoint_dir) as ckpt:
+        return _convert(
+            ckpt,
+            out_dir,
+            start,
+            layout=layout,
+            dtype=dtype,
+            model=model,
+            variants=(paligemma_variant, action_expert_variant),
+            lora=lora,
+            action_horizon=action_horizon,
+            config_overrides=config_overrides,
+            allow_nonfinite=allow_nonfinite,
+            verify=verify,
+            overwrite=overwrite,
+            progress=progress,
+        )
+
+
+def _convert(
+    ckpt: OpenpiCheckpoint,
+    out_dir: str | Path,
+    start: float,
+    *,
+    layout: Literal["vla", "openpi"],
+    dtype: Literal["float32", "bfloat16"] | None,
+    model: Literal["pi0", "pi05"] | None,
+    variants: tuple[str | None, str | None],
+    lora: LoraSpec | LoraDeclaration | Sequence[LoraDeclaration] | None,
+    action_horizon: int,
+    config_overrides: dict[str, Any] | None,
+    allow_nonfinite: bool,
+    verify: bool,
+    overwrite: bool,
+    progress: bool,
+) -> ConversionSummary:
     shapes = {key: info.shape for key, info in ckpt.leaves.items()}
     dims = infer_dims(shapes)
     validate_leaves(shapes, dims)
@@ -170,7 +191,8 @@ def convert_openpi(
             f"asked for {model} but the checkpoint is {found} "
             f"({'time_mlp_in' if dims.pi05 else 'state_proj'} present)"
         )
-    specs = resolve_lora(dims, paligemma_variant, action_expert_variant, lora)
+    towers = resolve_tower_loras(dims, lora, variants)
+    specs = (towers[0].attn, towers[1].attn)
     out_dtype: str = dtype or _default_dtype(ckpt, dims.has_lora)
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(_OUT_DTYPES)}, got {out_dtype!r}")
@@ -192,14 +214,14 @@ def convert_openpi(
     out_layout = layouts.get_layout(layout, config_overrides)
     renamed = out_layout.rename_all(targets, dims)
     lora_record = {
-        name: (None if s is None else {**asdict(s), "scale": s.scale})
-        for name, s in zip(("paligemma", "action_expert"), specs)
+        name: tower.record() for name, tower in zip(("paligemma", "action_expert"), towers)
     }
     metadata = {"format": "pt", "source": "openpi", "converter": "vla-convert"}
 
     read = _checked_reader(ckpt, allow_nonfinite)
     lora_modules = [m for rule in rules for m in rule.lora_modules]
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    sources = (ckpt.step_dir, ckpt.params_dir)
+    with atomic_output_dir(out_dir, overwrite=overwrite, sources=sources) as tmp:
         weights = tmp / WEIGHTS_FILE
         writer = StreamingSafetensorsWriter(
             weights, {renamed[n]: s for n, s in targets.items()}, _OUT_DTYPES[out_dtype], metadata

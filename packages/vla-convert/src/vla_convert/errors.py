@@ -35,3 +35,7 @@ class ModelMismatchError(ConversionError):
 
 class VerificationError(ConversionError):
     """`verify` found a converted module whose outputs differ from the JAX reference."""
+
+
+class OutputPathError(ConversionError):
+    """The output location overlaps the source checkpoint, or cannot be written (permissions)."""

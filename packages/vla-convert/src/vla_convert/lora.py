@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vla_convert.errors import LoraConfigError
-
 RANK_LABEL = "L"  # openpi's LoRAConfig.label
 
 # The einsum equations openpi's gemma.py Attention runs through LoRA-capable `Einsum` modules.
@@ -109,31 +107,3 @@ def merge_einsum_lora(eqn: str, w: Tensor, lora_a: Tensor, lora_b: Tensor, scale
 def merge_ffn_lora(w: Tensor, lora_a: Tensor, lora_b: Tensor) -> Tensor:
     """FeedForward `_dot`: `x @ W + (x @ A) @ B`, unscaled; batched over leading axes."""
     return w.float() + torch.matmul(lora_a.float(), lora_b.float())
-
-
-def resolve_lora_spec(
-    where: str, rank_in_checkpoint: int, variant: str | None, override: LoraSpec | None
-) -> LoraSpec:
-    """The LoRA config of one expert: an explicit override, else an openpi variant's default.
-
-    Refuses to guess: alpha and rsLoRA are not stored, so one of the two sources is required, and
-    its rank must equal the rank the adapter shapes show.
-    """
-    if override is not None:
-        spec, source = override, "--lora-rank/--lora-alpha"
-    elif variant is not None and variant in OPENPI_LORA_VARIANTS:
-        spec, source = OPENPI_LORA_VARIANTS[variant], f"variant {variant}"
-    else:
-        known = ", ".join(sorted(OPENPI_LORA_VARIANTS))
-        hint = f" (variant {variant!r} has no LoRA)" if variant else ""
-        raise LoraConfigError(
-            f"{where} carries LoRA adapters of rank {rank_in_checkpoint}, but alpha / rank / "
-            f"rslora are not stored in openpi checkpoints{hint}: pass the LoRA variant "
-            f"({known}) or lora_rank + lora_alpha explicitly"
-        )
-    if spec.rank != rank_in_checkpoint:
-        raise LoraConfigError(
-            f"{where}: {source} says LoRA rank {spec.rank} but the adapters in the checkpoint "
-            f"have rank {rank_in_checkpoint}"
-        )
-    return spec

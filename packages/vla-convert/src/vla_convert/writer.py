@@ -12,12 +12,15 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vla_convert.errors import OutputPathError
 
 _DTYPES: dict[torch.dtype, tuple[str, int]] = {
     torch.float32: ("F32", 4),
@@ -59,7 +62,7 @@ class StreamingSafetensorsWriter:
         blob += b" " * (-len(blob) % 8)  # data section 8-byte aligned, as safetensors does
         self._data_start = 8 + len(blob)
         self.data_bytes = offset
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self._pwrite(len(blob).to_bytes(8, "little") + blob, 0)
         os.ftruncate(self._fd, self._data_start + offset)
         self._written: set[str] = set()
@@ -105,16 +108,99 @@ class StreamingSafetensorsWriter:
             os.close(self._fd)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp dir beside `out_dir`; rename it into place only if the body succeeds."""
+PARTIAL = "partial"
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_location(out_dir: str | Path, sources: Iterable[str | Path]) -> Path:
+    """Refuse an output that is, lies inside, or contains a source dir (symlinks resolved): with
+    `overwrite` it would be deleted, and a source inside the output would be moved away."""
     out = Path(out_dir).resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if out == src:
+            relation = "is"
+        elif src in out.parents:
+            relation = "lies inside"
+        elif out in src.parents:
+            relation = "contains"
+        else:
+            continue
+        raise OutputPathError(
+            f"output {out} {relation} the source checkpoint {src}: refusing before touching "
+            "anything (an overwrite would delete the source); choose an --out outside it"
+        )
+    return out
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}.{PARTIAL}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_partials(out: Path) -> list[Path]:
+    """Remove `.<name>.partial-<host>-<pid>-*` / `.<name>.old-*` siblings left by a killed run
+    (SIGKILL, power loss): those of this host whose process is gone, and unparseable ones of
+    the same prefix (left by older versions). Returns what was removed."""
+    removed: list[Path] = []
+    if not out.parent.is_dir():
+        return removed
+    host = socket.gethostname()
+    for sibling in out.parent.iterdir():
+        name = sibling.name
+        if not sibling.is_dir() or sibling.is_symlink():
+            continue
+        if name.startswith(_partial_prefix(out)):
+            fields = name[len(_partial_prefix(out)) :].rsplit("-", 2)
+            owned = len(fields) == 3 and fields[1].isdigit()
+            if owned and (fields[0] != host or _alive(int(fields[1]))):
+                continue  # another machine's, or a run still in progress
+        elif not name.startswith(f".{out.name}.old-"):
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    out_dir: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temp dir beside `out_dir`; rename it into place only if the body succeeds.
+
+    Refuses an output overlapping `sources`; removes stale partial dirs of earlier killed runs;
+    the final dir gets `0o777 & ~umask` (mkdtemp's 0o700 is not kept); permission problems raise
+    `OutputPathError` naming the path."""
+    out = check_output_location(out_dir, sources)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_partials(out)
+        prefix = f"{_partial_prefix(out)}{socket.gethostname()}-{os.getpid()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    except PermissionError as exc:
+        raise OutputPathError(
+            f"cannot create the output next to {out}: permission denied on "
+            f"{exc.filename or out.parent}"
+        ) from exc
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / out.name)
@@ -122,6 +208,11 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except PermissionError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputPathError(
+            f"cannot write the output {out}: permission denied on {exc.filename or out}"
+        ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
