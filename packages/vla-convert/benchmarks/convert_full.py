@@ -105,15 +105,16 @@ def phase_generate(args: argparse.Namespace) -> dict:
 def phase_stream(args: argparse.Namespace) -> dict:
     from vla_convert.convert import convert_openpi
 
+    try:  # per-tower LoRA declarations (the variant names are checked against the depth)
+        from vla_convert.lora_config import LoraDeclaration
+
+        lora: dict = {
+            "lora": [LoraDeclaration("backbone", alpha=16.0), LoraDeclaration("expert", alpha=32.0)]
+        }
+    except ImportError:  # a baseline from before per-tower LoRA (see convert_ab.py)
+        lora = {"paligemma_variant": "gemma_2b_lora", "action_expert_variant": "gemma_300m_lora"}
     start = time.perf_counter()
-    summary = convert_openpi(
-        args.ckpt,
-        args.output,
-        layout="vla",
-        paligemma_variant="gemma_2b_lora",
-        action_expert_variant="gemma_300m_lora",
-        verify=args.verify,
-    )
+    summary = convert_openpi(args.ckpt, args.output, layout="vla", verify=args.verify, **lora)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

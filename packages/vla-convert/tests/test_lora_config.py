@@ -84,7 +84,7 @@ def test_rank_contradicting_the_shapes_is_refused() -> None:
 
 
 def test_alpha_is_never_guessed_but_ffn_needs_none() -> None:
-    with pytest.raises(LoraConfigError, match="backbone attention .* rank 4 .*not stored"):
+    with pytest.raises(LoraConfigError, match=r"backbone attention .* rank 4 .*not stored"):
         resolve_tower_loras(_dims((4, 4), (None, None)), None)
     ffn_only = _dims((None, 3), (None, None))
     assert resolve_tower_loras(ffn_only, None)[0] == TowerLora(None, 3)
@@ -95,7 +95,7 @@ def test_alpha_is_never_guessed_but_ffn_needs_none() -> None:
 def test_unused_declarations_are_refused() -> None:
     with pytest.raises(LoraConfigError, match="match no adapters"):
         resolve_tower_loras(tiny_dims(), LoraSpec(4, 4.0))  # no adapters at all
-    with pytest.raises(LoraConfigError, match="tower=expert.*match no adapters"):
+    with pytest.raises(LoraConfigError, match=r"tower=expert.*match no adapters"):
         resolve_tower_loras(
             _dims((4, 4), (None, None)),
             [LoraDeclaration("backbone", alpha=4.0), LoraDeclaration("expert", alpha=4.0)],

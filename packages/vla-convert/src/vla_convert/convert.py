@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -275,13 +276,32 @@ def _stream(
     renamed: dict[str, str],
     progress: bool,
 ) -> None:
+    """Read rule i+1's leaves (orbax/tensorstore decode + NaN check, off the GIL) in a helper
+    thread while rule i is merged, cast and written: the profile of a depth-1 full-width pi0
+    LoRA checkpoint spent ~35% waiting on reads. Peak memory grows by one leaf group."""
     from tqdm import tqdm
 
+    def load(rule: Rule) -> dict[str, Tensor]:
+        return {key: read(key) for key in rule.sources}
+
     itemsize = torch.empty((), dtype=writer.dtype).element_size()
-    with tqdm(
-        total=writer.data_bytes, unit="B", unit_scale=True, disable=not progress, desc="convert"
-    ) as bar:
-        for rule in rules:
-            for name, array in rule.produce(read):
-                writer.write(renamed[name], array)
-                bar.update(array.numel() * itemsize)
+    with (
+        tqdm(
+            total=writer.data_bytes, unit="B", unit_scale=True, disable=not progress, desc="convert"
+        ) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="vla-convert-read") as pool,
+    ):
+        pending: Future[dict[str, Tensor]] | None = pool.submit(load, rules[0]) if rules else None
+        for index, rule in enumerate(rules):
+            assert pending is not None
+            leaves = pending.result()
+            pending = pool.submit(load, rules[index + 1]) if index + 1 < len(rules) else None
+            try:
+                for name, array in rule.produce(leaves.__getitem__):
+                    writer.write(renamed[name], array)
+                    bar.update(array.numel() * itemsize)
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                raise
+            del leaves

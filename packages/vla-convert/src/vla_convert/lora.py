@@ -105,5 +105,14 @@ def merge_einsum_lora(eqn: str, w: Tensor, lora_a: Tensor, lora_b: Tensor, scale
 
 
 def merge_ffn_lora(w: Tensor, lora_a: Tensor, lora_b: Tensor) -> Tensor:
-    """FeedForward `_dot`: `x @ W + (x @ A) @ B`, unscaled; batched over leading axes."""
-    return w.float() + torch.matmul(lora_a.float(), lora_b.float())
+    """FeedForward `_dot`: `x @ W + (x @ A) @ B`, unscaled; batched over leading axes.
+
+    The product is accumulated into a float32 copy of `w` by one BLAS call (addmm / baddbmm):
+    no separate full-size product and sum."""
+    merged = w.to(torch.float32, copy=True)
+    a, b = lora_a.float(), lora_b.float()
+    if merged.ndim == 2:
+        return merged.addmm_(a, b)
+    if merged.ndim == 3:
+        return merged.baddbmm_(a, b)
+    return merged.add_(torch.matmul(a, b))

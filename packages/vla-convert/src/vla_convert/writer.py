@@ -66,6 +66,7 @@ class StreamingSafetensorsWriter:
         self._pwrite(len(blob).to_bytes(8, "little") + blob, 0)
         os.ftruncate(self._fd, self._data_start + offset)
         self._written: set[str] = set()
+        self._staging: torch.Tensor | None = None
 
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
@@ -74,8 +75,8 @@ class StreamingSafetensorsWriter:
             view, offset = view[n:], offset + n
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Cast `tensor` to the file dtype (in row chunks: no full-size cast copy) and write it at
-        its reserved byte range."""
+        """Cast `tensor` (any strides) to the file dtype in row chunks through a reused staging
+        buffer (no full-size copy) and write it at its reserved byte range."""
         if name not in self._shapes:
             raise KeyError(f"{name} is not in the planned tensor list")
         if name in self._written:
@@ -89,9 +90,23 @@ class StreamingSafetensorsWriter:
         step = max(1, self.chunk_bytes // max(row_bytes, 1))
         offset = self._data_start + self._offsets[name]
         for start in range(0, rows.shape[0], step):
-            piece = rows[start : start + step].to(self.dtype).contiguous()
+            piece = rows[start : start + step]
+            if piece.dtype != self.dtype or not piece.is_contiguous():
+                piece = self._stage(piece)
             self._pwrite(piece.view(torch.uint8).numpy().data, offset + start * row_bytes)
         self._written.add(name)
+
+    def _stage(self, piece: torch.Tensor) -> torch.Tensor:
+        """Cast (and transpose, for strided views) into one reused buffer: a single pass, and no
+        fresh 64 MB allocation (page faults) per chunk."""
+        n = piece.numel()
+        if self._staging is None or self._staging.numel() < n:
+            self._staging = torch.empty(
+                max(n, self.chunk_bytes // self._itemsize), dtype=self.dtype
+            )
+        staged = self._staging[:n].view(piece.shape)
+        staged.copy_(piece)
+        return staged
 
     def close(self) -> None:
         """Flush to disk; raise naming the tensors never written (the file would hold zeros)."""
