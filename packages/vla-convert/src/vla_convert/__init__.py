@@ -13,6 +13,7 @@ from vla_convert.errors import (
     MissingLeafError,
     ModelMismatchError,
     NonFiniteError,
+    OutputPathError,
     UnknownLeafError,
     VerificationError,
 )
@@ -24,11 +25,18 @@ from vla_convert.lora import (
     merge_einsum_lora,
     merge_ffn_lora,
 )
+from vla_convert.lora_config import (
+    OPENPI_GEMMA_VARIANTS,
+    LoraDeclaration,
+    TowerLora,
+    resolve_tower_loras,
+)
 from vla_convert.mapping import build_plan, map_params, plan_targets
 
 __version__ = _version("vla-convert")
 
 __all__ = [
+    "OPENPI_GEMMA_VARIANTS",
     "OPENPI_LORA_VARIANTS",
     "CheckpointReadError",
     "ConversionError",
@@ -37,12 +45,15 @@ __all__ = [
     "LeafInfo",
     "LeafShapeError",
     "LoraConfigError",
+    "LoraDeclaration",
     "LoraSpec",
     "MissingLeafError",
     "ModelMismatchError",
     "NonFiniteError",
     "OpenpiCheckpoint",
     "OpenpiDims",
+    "OutputPathError",
+    "TowerLora",
     "UnknownLeafError",
     "VerificationError",
     "VisionDims",
@@ -57,4 +68,5 @@ __all__ = [
     "merge_einsum_lora",
     "merge_ffn_lora",
     "plan_targets",
+    "resolve_tower_loras",
 ]
