@@ -206,3 +206,14 @@ def test_partial_dir_of_a_killed_run_is_cleaned_by_the_next(source: Path, tmp_pa
     convert_openpi(source, out, layout="openpi")
     assert not partials[0].exists() and alive.is_dir()
     assert (out / "model.safetensors").is_file()
+
+
+def test_previous_output_of_a_run_killed_mid_swap_is_restored(tmp_path: Path) -> None:
+    from vla_convert.writer import clean_stale_partials
+
+    out = tmp_path / "out"
+    trash = tmp_path / ".out.old-abc123"
+    (trash / "out").mkdir(parents=True)
+    (trash / "out" / "model.safetensors").write_text("previous")
+    clean_stale_partials(out)
+    assert (out / "model.safetensors").read_text() == "previous" and not trash.exists()

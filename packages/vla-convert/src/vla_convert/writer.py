@@ -169,8 +169,9 @@ def _alive(pid: int) -> bool:
 
 def clean_stale_partials(out: Path) -> list[Path]:
     """Remove `.<name>.partial-<host>-<pid>-*` / `.<name>.old-*` siblings left by a killed run
-    (SIGKILL, power loss): those of this host whose process is gone, and unparseable ones of
-    the same prefix (left by older versions). Returns what was removed."""
+    (SIGKILL, power loss): partial dirs of this host whose process is gone, and unparseable ones of
+    the same prefix (left by older versions); an `.old-*` dir still holding the previous output
+    while `out` is missing (killed between the two renames) is renamed back first."""
     removed: list[Path] = []
     if not out.parent.is_dir():
         return removed
@@ -184,7 +185,11 @@ def clean_stale_partials(out: Path) -> list[Path]:
             owned = len(fields) == 3 and fields[1].isdigit()
             if owned and (fields[0] != host or _alive(int(fields[1]))):
                 continue  # another machine's, or a run still in progress
-        elif not name.startswith(f".{out.name}.old-"):
+        elif name.startswith(f".{out.name}.old-"):
+            previous = sibling / out.name
+            if previous.exists() and not out.exists():
+                os.replace(previous, out)  # killed mid-swap: put the previous output back
+        else:
             continue
         shutil.rmtree(sibling, ignore_errors=True)
         removed.append(sibling)
