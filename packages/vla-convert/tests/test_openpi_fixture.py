@@ -74,10 +74,12 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return name, model, io, _observation(io, META["cases"][name]["pi05"])
 
 
-def _velocity_t1(model: PI0Model, obs: Observation, noise: torch.Tensor, **kw: Any) -> torch.Tensor:
+def _velocity_t1(
+    model: PI0Model, obs: Observation, noise: torch.Tensor, mode: str = "cached", **kw: Any
+) -> torch.Tensor:
     with torch.no_grad():
         time = torch.ones(noise.shape[0])
-        return model.predict_velocity(obs, noise, time, mode="cached", **kw)
+        return model.predict_velocity(obs, noise, time, mode=mode, **kw)  # type: ignore[arg-type]
 
 
 def test_conversion_recorded_per_tower_lora(case: Any) -> None:
@@ -88,11 +90,12 @@ def test_conversion_recorded_per_tower_lora(case: Any) -> None:
     assert lora["backbone"]["attn_rank"] != lora["expert"]["attn_rank"]  # per-tower ranks
 
 
-def test_velocity_at_t1_matches_openpi_jax(case: Any) -> None:
+@pytest.mark.parametrize("mode", ["cached", "joint"])
+def test_velocity_at_t1_matches_openpi_jax(case: Any, mode: str) -> None:
     name, model, io, obs = case
     noise = torch.from_numpy(io["noise"])
     expected = torch.from_numpy(io["velocity_t1"])
-    got = _velocity_t1(model, obs, noise)
+    got = _velocity_t1(model, obs, noise, mode)
     error = float((got - expected).abs().max())
     print(
         f"{name} velocity(t=1) max |Δ| vs openpi JAX = {error:.3g} (|v| ≤ {expected.abs().max():.2f})"
