@@ -54,15 +54,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     metrics = train(cfg, run_dir)
     if metrics:
-        ev = metrics["eval"]
-        n_success = sum(ev["success"])
+        ev, std = metrics["eval"], metrics["eval_standard"]
+        lo, hi = ev["success_ci95"]
         print(
             f"\n{metrics['run_name']} on {metrics['task']}: "
-            f"success rate {ev['success_rate']:.3f} ({n_success}/{ev['n_episodes']}), "
-            f"mean max-coverage {ev['mean_max_coverage']:.3f}, score {ev['mean_score']:.3f} | "
-            f"{metrics['steps']} steps, train {metrics['train_wall_s']:.0f} s, "
-            f"eval {metrics['eval_wall_s']:.0f} s, "
-            f"action latency {metrics['action_latency_ms_batch1']:.2f} ms | {run_dir}",
+            f"success rate {std['success_rate']:.3f} ({round(std['success_rate'] * std['n_episodes'])}"
+            f"/{std['n_episodes']}), mean max-coverage {std['mean_max_coverage']:.3f} on seeds "
+            f"{std['seeds'][0]}..{std['seeds'][1]}",
+            flush=True,
+        )
+        if ev["n_episodes"] > std["n_episodes"]:
+            print(
+                f"  all {ev['n_episodes']} seeds {ev['seeds'][0]}..{ev['seeds'][-1]}: success rate "
+                f"{ev['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), mean max-coverage "
+                f"{ev['mean_max_coverage']:.3f}, score {ev['mean_score']:.3f}",
+                flush=True,
+            )
+        print(
+            f"  {metrics['steps']} steps, data {metrics['data_wall_s']:.0f} s, train "
+            f"{metrics['train_wall_s']:.0f} s, eval {metrics['eval_wall_s']:.0f} s, action latency "
+            f"{metrics['action_latency_ms_batch1']:.2f} ms | {run_dir}",
             flush=True,
         )
         for n, extra in metrics.get("eval_by_inference_steps", {}).items():

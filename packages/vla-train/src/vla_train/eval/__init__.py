@@ -7,6 +7,7 @@ from vla_train.eval.rollout import (
     env_obs_to_frame,
     evaluate,
     first_observation,
+    wilson_interval,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "env_obs_to_frame",
     "evaluate",
     "first_observation",
+    "wilson_interval",
 ]

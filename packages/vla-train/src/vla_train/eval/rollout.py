@@ -71,10 +71,39 @@ class EvalResult:
             "eval/mean_score": self.mean_score,
         }
 
+    def first(self, n: int) -> dict[str, Any]:
+        """Success and coverage of the first `n` episodes (e.g. diffusion_policy's 50 standard
+        seeds 100000..100049 inside a 200-seed evaluation), with 95 % intervals."""
+        if not 1 <= n <= self.n_episodes:
+            raise ValueError(f"n={n}: expected 1..{self.n_episodes}")
+        success, coverage = self.success[:n], np.asarray(self.max_coverage[:n])
+        half = 1.96 * float(coverage.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
+        return {
+            "n_episodes": n,
+            "seeds": [self.seeds[0], self.seeds[n - 1]],
+            "success_rate": float(np.mean(success)),
+            "success_ci95": list(wilson_interval(sum(success), n)),
+            "mean_max_coverage": float(coverage.mean()),
+            "coverage_ci95": [float(coverage.mean()) - half, float(coverage.mean()) + half],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ms_per_policy_call"] = self.ms_per_policy_call
+        out["success_ci95"] = list(wilson_interval(sum(self.success), self.n_episodes))
         return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a success rate (Wilson 1927): unlike the normal approximation
+    it stays inside [0, 1] and is sensible at 0 or n successes."""
+    if n < 1:
+        raise ValueError(f"n={n}: expected >= 1")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def make_env(obs_type: str, max_steps: int, render: bool = False) -> Any:

@@ -88,8 +88,8 @@ def run_expert_episode(
     }
     max_coverage, success, done, steps = 0.0, False, False, 0
     while not done:
-        primitive = expert.plan(snapshot(env), steps_left=max_steps - steps)
-        for action in primitive.targets:
+        primitive = expert.plan(snapshot(env))
+        for action in primitive.targets[: expert.config.replan_every]:
             columns["observation.state"].append(np.asarray(obs["agent_pos"], np.float32))
             columns["observation.environment_state"].append(
                 np.asarray(obs["environment_state"], np.float32)

@@ -76,6 +76,9 @@ class ExpertConfig:
     path_clearance: float = 10.0  # approach waypoints stay this far beyond the agent radius
     top_k: int = 6  # primitives simulated in full (approach + push + retreat)
     step_cost: float = 0.15  # pose error (px) a primitive must save per control step it spends
+    switch_margin: float = 2.0  # px a new primitive must beat pushing on along the current line
+    line_tolerance: float = 5.0  # px off a push line that still counts as being on it
+    replan_every: int = 8  # control steps executed between plans (= the policy's n_action_steps)
 
     def __post_init__(self) -> None:
         for name in (
@@ -90,8 +93,13 @@ class ExpertConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ExpertConfig.{name}={getattr(self, name)}: must be > 0")
-        if self.top_k < 1 or self.settle_steps < 0 or self.retreat < 0 or self.step_cost < 0:
-            raise ValueError("ExpertConfig: top_k >= 1, settle_steps/retreat/step_cost >= 0")
+        if self.top_k < 1 or self.replan_every < 1:
+            raise ValueError(
+                f"ExpertConfig: top_k={self.top_k}, replan_every={self.replan_every}: expected >= 1"
+            )
+        for name in ("settle_steps", "retreat", "step_cost", "switch_margin", "line_tolerance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ExpertConfig.{name}={getattr(self, name)}: must be >= 0")
 
 
 def _contacts(config: ExpertConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -197,17 +205,28 @@ class Primitive:
     targets: np.ndarray  # [T, 2] float32 absolute agent targets, one per control step
     predicted: SimState
     error: float  # pose_error of the predicted final pose
+    contact: int = -1  # index of the contact pushed (-1: none, e.g. stepping away)
+
+
+# PD law of gym-pusht: acc = k_p (target - p) + k_v (0 - v), k_p = 100, k_v = 20. At constant
+# velocity v the target leads the agent by (k_v / k_p) v, so a plan made mid-motion starts there.
+PD_LEAD_S = 20.0 / 100.0
 
 
 class PushTExpert:
-    """Closed-loop: call `plan(state)` on the env's current state, execute all its targets,
-    repeat. One instance per episode (it remembers the last target it commanded)."""
+    """A state-feedback expert: `plan(state)` is a deterministic function of the env state alone
+    (no memory, no episode clock), so it can label any state, including those a learner drives
+    into. Callers replan every few control steps (`ExpertConfig.replan_every`).
+
+    Near-ties between contacts would make nearby states get different labels; the expert breaks
+    them with hysteresis that is visible in the observation: a push along the line the agent is
+    already on is kept unless another primitive is better by `switch_margin`.
+    """
 
     def __init__(self, config: ExpertConfig | None = None) -> None:
         self.config = config or ExpertConfig()
         self.sim = PushTSim()
         self._contact_points, self._contact_normals = _contacts(self.config)
-        self.last_target: np.ndarray | None = None  # the previous primitive's final target
         self.planning_seconds = 0.0  # wall clock spent in plan()
         self.planning_cpu_seconds = 0.0  # process CPU time spent in plan() (robust to load)
 
@@ -235,11 +254,12 @@ class PushTExpert:
         return arr, self.sim.save(), None
 
     def _push_targets(
-        self, pre: np.ndarray, normal: np.ndarray, length: float, speed: float
+        self, start: np.ndarray, pre: np.ndarray, normal: np.ndarray, length: float, speed: float
     ) -> list[np.ndarray]:
+        """Push from `start` (on the push line) to `length` past first contact, hold, retreat."""
         c = self.config
         end = pre - normal * (c.contact_gap + length)
-        out = ramp(pre, end, speed, min(c.min_step, speed))
+        out = ramp(start, end, speed, min(c.min_step, speed))
         out += [end] * c.settle_steps
         out += ramp(end, end + normal * (c.contact_gap + length + c.retreat), c.approach_speed, 4.0)
         return out
@@ -263,7 +283,49 @@ class PushTExpert:
                 out.append((pose_error(self.sim.block_pose()), reached))
         return out
 
-    def plan(self, state: SimState, steps_left: int = 300) -> Primitive:
+    def _on_line(self, lead: np.ndarray, contacts: np.ndarray, normals: np.ndarray) -> int:
+        """The contact whose push line the agent (its PD lead point) is on, or -1."""
+        c = self.config
+        rel = lead - contacts  # [C, 2]
+        height = (rel * normals).sum(1)  # along the outward normal
+        lateral = np.abs(rel[:, 0] * normals[:, 1] - rel[:, 1] * normals[:, 0])
+        ok = (
+            (lateral <= c.line_tolerance)
+            & (height >= AGENT_RADIUS - c.max_push)
+            & (height <= AGENT_RADIUS + c.contact_gap + c.retreat + c.line_tolerance)
+        )
+        if not ok.any():
+            return -1
+        return int(np.argmin(np.where(ok, lateral, np.inf)))  # lowest index wins exact ties
+
+    def _candidate(
+        self,
+        k: int,
+        length: float,
+        lead: np.ndarray,
+        current: int,
+        contacts: np.ndarray,
+        normals: np.ndarray,
+        pose: np.ndarray,
+    ) -> list[np.ndarray] | None:
+        """Targets that push contact `k` by `length`: straight on when the agent is already on
+        its push line, else after a collision-free approach. None when unreachable."""
+        c = self.config
+        speed = c.fine_push_speed if pose_error(pose) < c.fine_error else c.push_speed
+        pre = contacts[k] + normals[k] * (AGENT_RADIUS + c.contact_gap)
+        if k == current:
+            height = float(np.dot(lead - contacts[k], normals[k]))
+            if height < AGENT_RADIUS - length + 1.0:
+                return None  # already deeper than this push length
+            start = contacts[k] + normals[k] * height  # the lead point on the push line
+            return self._push_targets(start, pre, normals[k], length, speed)
+        path = approach_path(lead, pre, pose, c)
+        if path is None:
+            return None
+        targets = polyline_targets([lead, *path], c.approach_speed, c.min_step)
+        return targets + self._push_targets(pre, pre, normals[k], length, speed)
+
+    def plan(self, state: SimState) -> Primitive:
         """Choose the next primitive for the env state `state`; see the module docstring."""
         t0, c0 = time.perf_counter(), time.process_time()
         c = self.config
@@ -275,7 +337,13 @@ class PushTExpert:
         fine = pose_error(pose) < c.fine_error
         max_push = c.fine_max_push if fine else c.max_push
         push_speed = c.fine_push_speed if fine else c.push_speed
+        agent = np.array(state.agent_pos)
+        # Plan from where the PD law's target would be now, so replanning mid-motion keeps the
+        # agent's speed instead of braking at every replan.
+        lead = np.clip(agent + PD_LEAD_S * np.array(state.agent_vel), ARENA_LOW, ARENA_HIGH)
+        current = self._on_line(lead, contacts, normals)
         scored: list[tuple[float, int, float]] = []
+        current_scored: list[tuple[float, int, float]] = []
         for k in range(len(contacts)):
             pre = contacts[k] + normals[k] * (AGENT_RADIUS + c.contact_gap)
             if not (ARENA_LOW <= pre[0] <= ARENA_HIGH and ARENA_LOW <= pre[1] <= ARENA_HIGH):
@@ -284,48 +352,63 @@ class PushTExpert:
                 continue  # inside a concave corner: the agent would hit the other arm
             probe = self._probe(state, pre, normals[k], max_push, push_speed)
             for error, reached in probe:  # every depth reached is a candidate push length
-                scored.append((error, k, reached))
+                scored.append((round(error, 3), k, round(reached, 3)))
+                if k == current:
+                    current_scored.append(scored[-1])
         scored.sort()
+        current_scored.sort()
+        # Simulated in full: the best `top_k` distinct reachable primitives, plus the best
+        # continuations of the push line the agent is on (the hysteresis candidates).
         best: Primitive | None = None
         best_score = np.inf
-        agent = np.array(state.agent_pos)
-        # Continue from where the previous primitive left the target (the PD agent lags it), so
-        # consecutive actions never jump by more than `approach_speed`.
-        start = agent if self.last_target is None else self.last_target.astype(float)
-        # Price a control step at the error rate still needed to finish in time (at least
-        # `step_cost`): far from the goal this favours short, efficient primitives.
-        step_cost = max(c.step_cost, pose_error(pose) / max(steps_left, 1))
         tried: list[tuple[int, float]] = []
-        for _, k, length in scored:
-            if len(tried) == c.top_k:
-                break
-            if any(k == k2 and abs(length - l2) <= 3.0 for k2, l2 in tried):
-                continue  # near-duplicate of a primitive already simulated
-            pre = contacts[k] + normals[k] * (AGENT_RADIUS + c.contact_gap)
-            path = approach_path(start, pre, pose, c)
-            if path is None:
-                continue
-            tried.append((k, length))
-            targets = polyline_targets([start, *path], c.approach_speed, c.min_step)
-            targets += self._push_targets(pre, normals[k], length, push_speed)
-            targets = targets[:steps_left]
-            arr, after, success_at = self._rollout_until_success(state, targets)
-            error = pose_error(after.block_pose)
-            if success_at is not None:
-                arr, score = arr[: success_at + 1], -1e6 + success_at
-            else:
-                score = error + step_cost * len(arr)
-            if score < best_score:
-                best_score, best = score, Primitive(arr, after, error)
-        if best is None:  # nothing reachable: step away from the block, then replan
-            away = start + 30 * (start - pose[:2]) / (np.linalg.norm(start - pose[:2]) + 1e-9)
-            away = np.clip(away, ARENA_LOW, ARENA_HIGH)
-            arr, after = self._rollout(state, ramp(start, away, c.approach_speed, c.min_step))
+        for pool, limit in ((scored, c.top_k), (current_scored, c.top_k + 2)):
+            for _, k, length in pool:
+                if len(tried) >= limit:
+                    break
+                if any(k == k2 and abs(length - l2) <= 3.0 for k2, l2 in tried):
+                    continue  # near-duplicate of a primitive already simulated
+                targets = self._candidate(k, length, lead, current, contacts, normals, pose)
+                if targets is None:
+                    continue
+                tried.append((k, length))
+                arr, after, success_at = self._rollout_until_success(state, targets)
+                error = pose_error(after.block_pose)
+                if success_at is not None:
+                    arr, score = arr[: success_at + 1], -1e6 + success_at
+                else:
+                    score = (
+                        error + c.step_cost * len(arr) + (c.switch_margin if k != current else 0)
+                    )
+                if score < best_score:
+                    best_score, best = score, Primitive(arr, after, error, k)
+        if best is None:  # nothing reachable (e.g. trapped by a wall): head for open space
+            centre = np.array([256.0, 256.0])
+            path = approach_path(lead, centre, pose, c)
+            waypoints = [lead, *path] if path else [lead, centre]
+            targets = polyline_targets(waypoints, c.approach_speed, c.min_step)[: c.replan_every]
+            arr, after = self._rollout(state, targets or [lead])
             best = Primitive(arr, after, pose_error(after.block_pose))
-        self.last_target = best.targets[-1]
         self.planning_seconds += time.perf_counter() - t0
         self.planning_cpu_seconds += time.process_time() - c0
         return best
+
+    def chunk_with_states(self, state: SimState, horizon: int) -> tuple[np.ndarray, list[SimState]]:
+        """The expert's next `horizon` targets [horizon, 2] float32 from `state`, replanning in
+        the simulator every `replan_every` steps exactly as an episode does, and the state
+        before each target (`states[0] is state`): the label of any state, e.g. one a learner
+        visited."""
+        targets: list[np.ndarray] = []
+        states = [state]
+        while len(targets) < horizon:
+            primitive = self.plan(states[-1])
+            n = min(self.config.replan_every, len(primitive.targets), horizon - len(targets))
+            self.sim.load(states[-1])
+            for target in primitive.targets[:n]:
+                self.sim.step(target)
+                targets.append(target)
+                states.append(self.sim.save())
+        return np.asarray(targets, dtype=np.float32), states[:horizon]
 
 
 def _block_fields(state: SimState) -> tuple:

@@ -31,7 +31,7 @@ from vla_train.data.writer import LeRobotWriter, encode_png
 from vla_train.pusht.episodes import FPS, TASK, Episode, run_expert_episode
 
 #: Bump when the expert or the recorded columns change: it names the cache folder.
-EXPERT_VERSION = "expert-v1"
+EXPERT_VERSION = "expert-v2"
 GENERATION_META = "meta/pusht_generation.json"
 
 

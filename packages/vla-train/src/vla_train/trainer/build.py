@@ -94,3 +94,49 @@ def build_dataset(cfg: DictConfig, root: Path) -> Any:
         keys=tuple(str(k) for k in keys),
         episodes=episodes,
     )
+
+
+def dagger_config(cfg: DictConfig) -> Any:
+    """`task.dagger` -> DaggerConfig (validated; rounds > 0 needs the low-dim PushT task)."""
+    from vla_train.pusht.dagger import DaggerConfig
+
+    block = cfg.task.get("dagger")
+    fields = to_plain(block) if block is not None else {}
+    try:
+        config = DaggerConfig(**fields)
+    except TypeError as e:  # unknown key
+        raise ValueError(f"task.dagger does not match DaggerConfig: {e}") from e
+    lowdim = (
+        not list(cfg.task.image_keys) and cfg.task.env_obs_type == "environment_state_agent_pos"
+    )
+    if config.rounds and not lowdim:
+        raise ValueError(
+            f"task.dagger.rounds={config.rounds}: expert-in-the-loop rounds need the low-dim PushT "
+            "task (no image_keys, env_obs_type environment_state_agent_pos)"
+        )
+    return config
+
+
+def with_dagger_rounds(demos: Any, run_dir: Path, rounds: int) -> Any:
+    """The training set after `rounds` DAgger rounds: the demos plus every round's dataset
+    (windows cut the same way)."""
+    if rounds == 0:
+        return demos
+    from torch.utils.data import ConcatDataset
+
+    from vla_train.data import LeRobotWindowDataset
+    from vla_train.pusht.dagger import round_dir
+
+    parts = [demos]
+    for r in range(1, rounds + 1):
+        parts.append(
+            LeRobotWindowDataset(
+                round_dir(run_dir, r),
+                n_obs_steps=demos.n_obs_steps,
+                horizon=demos.horizon,
+                keys=demos.keys,
+                pad_before=demos.pad_before,
+                pad_after=demos.pad_after,
+            )
+        )
+    return ConcatDataset(parts)

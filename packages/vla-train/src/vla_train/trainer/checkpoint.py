@@ -37,6 +37,7 @@ class Position:
     step: int
     epoch: int
     batch: int
+    dagger_round: int = 0  # expert-in-the-loop rounds whose data training now includes
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -119,6 +120,7 @@ def save_checkpoint(
             "step": position.step,
             "epoch": position.epoch,
             "batch": position.batch,
+            "dagger_round": position.dagger_round,
         }
         torch.save(state, tmp / "train_state.pt")
         if final.exists():

@@ -31,7 +31,23 @@ from tqdm.auto import tqdm
 
 from vla_imf import IMFPolicy
 from vla_train.eval import EvalResult, action_latency_ms, evaluate, first_observation
-from vla_train.trainer.build import build_dataset, dataset_root, policy_config, to_plain
+from vla_train.pusht.dagger import (
+    DaggerConfig,
+    RoundResult,
+    collect_round,
+    load_round_result,
+    write_round,
+)
+from vla_train.pusht.frames import BlockFrameDataset, block_frame_policy, check_frame
+from vla_train.pusht.labels import ExpertLabeler
+from vla_train.trainer.build import (
+    build_dataset,
+    dagger_config,
+    dataset_root,
+    policy_config,
+    to_plain,
+    with_dagger_rounds,
+)
 from vla_train.trainer.checkpoint import (
     Position,
     atomic_write_text,
@@ -106,7 +122,7 @@ def run_evaluation(
     and training randomness is left untouched). `num_inference_steps` overrides the policy's
     sampler steps (None: the policy's own)."""
     e = cfg.eval
-    predict = model.predict_action
+    predict = world_policy(model, cfg)
     if num_inference_steps is not None:
         predict = functools.partial(predict, num_inference_steps=int(num_inference_steps))
     was_training = model.training
@@ -133,6 +149,53 @@ def run_evaluation(
         model.train(was_training)
 
 
+def world_policy(model: Any, cfg: DictConfig) -> Any:
+    """`model.predict_action` taking and returning world-frame PushT observations / targets
+    (the policy itself may work in the block frame, `task.frame=block`)."""
+    if check_frame(str(cfg.task.get("frame", "world"))) == "block":
+        return block_frame_policy(model.predict_action)
+    return model.predict_action
+
+
+def in_policy_frame(windows: Any, cfg: DictConfig) -> Any:
+    """Training windows as the policy sees them (`task.frame`)."""
+    if check_frame(str(cfg.task.get("frame", "world"))) == "block":
+        return BlockFrameDataset(windows)
+    return windows
+
+
+def run_dagger_round(
+    model: Any,
+    cfg: DictConfig,
+    dagger: DaggerConfig,
+    round_index: int,
+    labeler: ExpertLabeler,
+    run_dir: Path,
+) -> RoundResult:
+    """One expert-in-the-loop round with `model` (under a forked RNG seeded by the round, so it
+    never perturbs training randomness); its data is written before this returns."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(dagger.first_seed + round_index)
+            episodes, result = collect_round(
+                world_policy(model, cfg),
+                labeler,
+                dagger,
+                round_index,
+                obs_keys=obs_keys(cfg),
+                n_obs_steps=int(cfg.task.n_obs_steps),
+                horizon=int(cfg.task.horizon),
+                device=device,
+            )
+    finally:
+        model.train(was_training)
+    write_round(run_dir, episodes, result)
+    return result
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train + evaluate one policy into `run_dir`; returns the metrics written to metrics.json
     (on rank 0; other ranks return {})."""
@@ -148,6 +211,11 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     device = info.device
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    if tc.get("num_threads"):
+        # Small models gain nothing from intra-op threads and lose ~24x when another process
+        # competes for the cores (OpenMP spin-waits); BENCHMARKS.md has the measurements.
+        torch.set_num_threads(int(tc.num_threads))
+    dagger = dagger_config(cfg)
 
     # Data: rank 0 generates/caches the default dataset first; the others then read the cache.
     if info.is_main:
@@ -155,13 +223,14 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     barrier(info)
     if not info.is_main:
         root = dataset_root(cfg)
-    dataset = build_dataset(cfg, root)
+    demos = build_dataset(cfg, root)
     data_s = time.perf_counter() - t_start
 
     pcfg = policy_config(cfg)
     seed_everything(int(cfg.seed))  # identical initial weights on every rank
     policy = IMFPolicy(pcfg)
-    policy.fit_normalizer(dataset.stats())
+    # Fixed from the demos (in the policy's frame): DAgger rounds don't move the normalizer.
+    policy.fit_normalizer(in_policy_frame(demos, cfg).stats())
     policy.to(device)
     optimizer = policy.configure_optimizers(
         weight_decay=float(tc.weight_decay),
@@ -218,16 +287,26 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
         loss_module = DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn: Any = torch.compile(loss_module) if tc.compile else loss_module
-    sampler = ShardedEpochSampler(
-        len(dataset),
-        int(tc.batch_size),
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=int(cfg.seed),
-    )
-    if len(sampler) == 0:
-        raise ValueError(f"no batch fits: {len(dataset)} windows, batch_size={tc.batch_size}")
+    # Static shapes: every batch has the same size (the sampler drops the ragged tail).
+    loss_fn: Any = torch.compile(loss_module, dynamic=False) if tc.compile else loss_module
+    rounds_done = position.dagger_round
+    dagger_results = [load_round_result(run_dir, r) for r in range(1, rounds_done + 1)]
+
+    def make_data(rounds: int) -> tuple[Any, ShardedEpochSampler]:
+        data = in_policy_frame(with_dagger_rounds(demos, run_dir, rounds), cfg)
+        epoch_sampler = ShardedEpochSampler(
+            len(data),
+            int(tc.batch_size),
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=int(cfg.seed),
+        )
+        if len(epoch_sampler) == 0:
+            raise ValueError(f"no batch fits: {len(data)} windows, batch_size={tc.batch_size}")
+        return data, epoch_sampler
+
+    dataset, sampler = make_data(rounds_done)
+    labeler = ExpertLabeler(dagger.workers) if dagger.rounds and info.is_main else None
     logger: MetricLogger = NullLogger()
     if info.is_main:
         logger = build_logger(
@@ -344,9 +423,33 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
                 if batch_idx >= len(sampler):
                     epoch, batch_idx = epoch + 1, 0
                 if (ckpt_every > 0 and step % ckpt_every == 0) or step == max_steps:
-                    checkpoint(Position(step, epoch, batch_idx))
+                    checkpoint(Position(step, epoch, batch_idx, rounds_done))
                 if step >= max_steps:
                     break
+                if rounds_done < dagger.rounds and step == dagger.step_of_round(rounds_done + 1):
+                    rounds_done += 1
+                    if info.is_main:
+                        assert labeler is not None and curve is not None
+                        result = run_dagger_round(
+                            ema.model if ema else policy, cfg, dagger, rounds_done, labeler, run_dir
+                        )
+                        result.elapsed_s = time.perf_counter() - t_start
+                        dagger_results.append(result)
+                        logger.log(result.summary(), step)
+                        curve.write(json.dumps({"step": step, **result.summary()}) + "\n")
+                        curve.flush()
+                        pbar.write(
+                            f"DAgger round {rounds_done}/{dagger.rounds} (beta {result.beta:.2f}): "
+                            f"success {result.success_rate:.2f}, coverage "
+                            f"{result.mean_max_coverage:.3f} on {len(result.seeds)} fresh seeds; "
+                            f"+{result.n_labels} labelled states "
+                            f"({result.rollout_s:.0f} s rollout, {result.label_s:.0f} s labels)"
+                        )
+                    barrier(info)
+                    dataset, sampler = make_data(rounds_done)  # demos + every round so far
+                    epoch, batch_idx = epoch + 1, 0
+                    checkpoint(Position(step, epoch, batch_idx, rounds_done))
+                    break  # a fresh loader over the grown dataset
                 if batch_idx == 0 and every_epochs > 0 and epoch % every_epochs == 0:
                     if info.is_main:
                         res = run_evaluation(ema.model if ema else policy, cfg, device, None)
@@ -371,6 +474,8 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
         pbar.close()
         if curve is not None:
             curve.close()
+        if labeler is not None:
+            labeler.close()
 
     divergence = replica_divergence(policy, info)
     metrics_out: dict[str, Any] = {}
@@ -395,7 +500,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
         )
         eval_model.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            latency = action_latency_ms(eval_model.predict_action, obs)
+            latency = action_latency_ms(world_policy(eval_model, cfg), obs)
         metrics_out = {
             "run_name": str(cfg.run_name),
             "task": str(cfg.task.name),
@@ -421,6 +526,19 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
             "eval_wall_s": res.wall_s,
             "action_latency_ms_batch1": latency,
             "eval": res.to_dict(),
+            # diffusion_policy's 50 standard seeds are the first 50 of a longer evaluation.
+            "eval_standard": res.first(
+                min(int(cfg.eval.get("standard_episodes", 50)), res.n_episodes)
+            ),
+            "dagger_rounds": [
+                {
+                    k: v
+                    for k, v in r.to_dict().items()
+                    if k not in ("seeds", "success", "max_coverage")
+                }
+                for r in dagger_results
+                if r is not None
+            ],
             "eval_by_inference_steps": {
                 str(n): {**extra.summary(), "ms_per_policy_call": extra.ms_per_policy_call}
                 for n, extra in by_steps.items()

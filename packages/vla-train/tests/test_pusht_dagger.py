@@ -1,0 +1,217 @@
+"""Expert-in-the-loop rounds: labels are a function of the state, a round adds exactly the
+visited states with the expert's labels, bad knobs fail at construction, and a run resumed
+after a round (even with that round's data lost) reproduces the uninterrupted run bit for bit."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vla_train.data import LeRobotWindowDataset, read_frames
+from vla_train.pusht.dagger import DaggerConfig, collect_round, load_round_result, write_round
+from vla_train.pusht.episodes import make_env
+from vla_train.pusht.expert import PushTExpert
+from vla_train.pusht.labels import ExpertLabeler, label_state, observe
+from vla_train.pusht.sim import snapshot
+from vla_train.trainer._testing import compose_config, write_random_walk_dataset
+
+OBS_KEYS = ("observation.state", "observation.environment_state")
+
+
+def _state_after(seed: int, steps: int):
+    env = make_env()
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        env.step(rng.uniform(100, 400, 2).astype(np.float32))
+    state = snapshot(env)
+    env.close()
+    return state
+
+
+def test_expert_label_is_a_function_of_the_state() -> None:
+    state = _state_after(7, 12)
+    first = label_state(PushTExpert(), state, 15)
+    # A fresh expert, and one that has planned elsewhere first: the same chunk, bit for bit.
+    used = PushTExpert()
+    label_state(used, _state_after(8, 5), 15)
+    for other in (label_state(PushTExpert(), state, 15), label_state(used, state, 15)):
+        np.testing.assert_array_equal(first.actions, other.actions)
+        np.testing.assert_array_equal(first.keypoints, other.keypoints)
+    assert first.actions.shape == (15, 2) and first.keypoints.shape == (15, 16)
+    # The first observation is the state's own (what gym-pusht would report).
+    env = make_env()
+    obs, _ = env.reset(seed=3)
+    agent, keypoints = observe(snapshot(env))
+    env.close()
+    np.testing.assert_allclose(agent, obs["agent_pos"], atol=1e-4)
+    np.testing.assert_allclose(keypoints, obs["environment_state"], atol=1e-3)
+
+
+def test_labels_in_worker_processes_equal_in_process_labels() -> None:
+    states = [_state_after(s, 6) for s in (1, 2, 3)]
+    with ExpertLabeler(workers=2) as pool:
+        remote = pool(states, 8)
+    local = ExpertLabeler(workers=1)(states, 8)
+    for a, b in zip(remote, local, strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("rounds", -1), ("beta", 1.5), ("beta", -0.1), ("episodes_per_round", 0), ("workers", 0)],
+)
+def test_bad_knobs_fail_at_construction_naming_the_key(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"task.dagger.{field}=")):
+        DaggerConfig(**{field: value})
+
+
+def test_rounds_may_not_use_the_test_seeds() -> None:
+    with pytest.raises(ValueError, match="test seeds"):
+        DaggerConfig(rounds=2, first_seed=99_990, episodes_per_round=20)
+
+
+def test_default_config_composes_with_valid_dagger_knobs() -> None:
+    from vla_train.trainer.build import dagger_config
+
+    cfg = compose_config([])
+    config = dagger_config(cfg)
+    assert config.rounds >= 1 and 0.0 <= config.beta <= 1.0
+    with pytest.raises(ValueError, match=r"task\.dagger"):
+        dagger_config(compose_config(["+task.dagger.bogus=1"]))
+
+
+class _ConstantPolicy:
+    """Always asks for the same 8 absolute targets: a stand-in learner."""
+
+    def __call__(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = obs["observation.state"].shape[0]
+        chunk = torch.linspace(150.0, 350.0, 8)[:, None].repeat(1, 2)
+        return {"action": chunk.expand(batch, 8, 2).clone()}
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_round_adds_exactly_the_visited_states_with_expert_labels(
+    beta: float, tmp_path: Path
+) -> None:
+    config = DaggerConfig(rounds=1, episodes_per_round=2, beta=beta, n_envs=2, max_steps=24)
+    labeler = ExpertLabeler(workers=1)
+    episodes, result = collect_round(
+        _ConstantPolicy(),
+        labeler,
+        config,
+        1,
+        obs_keys=OBS_KEYS,
+        n_obs_steps=2,
+        horizon=16,
+        device=torch.device("cpu"),
+    )
+    # 24 env steps in chunks of 8: three decision points per episode, none ends early.
+    assert result.n_labels == len(episodes) == 6
+    expert = PushTExpert()
+    env = make_env(max_steps=24)
+    for i, seed in enumerate(config.seeds_of_round(1)):
+        obs, _ = env.reset(seed=seed)
+        executed: list[np.ndarray] = []
+        for decision in range(3):
+            episode = episodes[2 * decision + i]  # lock-step: decision-major order
+            state = snapshot(env)
+            label = label_state(expert, state, 15)
+            prefix = 0 if decision == 0 else 1
+            assert len(episode["action"]) == prefix + 15
+            # The visited observation, the learner's executed action before it, then the label.
+            np.testing.assert_array_equal(
+                episode["observation.state"][prefix], np.float32(obs["agent_pos"])
+            )
+            np.testing.assert_array_equal(
+                episode["observation.environment_state"][prefix],
+                np.float32(obs["environment_state"]),
+            )
+            if prefix:
+                np.testing.assert_array_equal(episode["action"][0], executed[-1])
+            np.testing.assert_array_equal(episode["action"][prefix:], label.actions)
+            chunk = (
+                label.actions[:8]
+                if beta == 1.0
+                else np.asarray(
+                    _ConstantPolicy()({"observation.state": torch.zeros(1, 2, 2)})["action"][0]
+                )
+            )
+            for action in chunk:
+                executed.append(np.asarray(action, np.float32))
+                obs, *_ = env.step(action)
+    env.close()
+    root = write_round(tmp_path / "run", episodes, result)
+    frames = read_frames(root, keys=("action", *OBS_KEYS))
+    assert len(frames.episodes) == 6 and result.n_frames == sum(len(e["action"]) for e in episodes)
+    np.testing.assert_array_equal(
+        frames.columns["action"], np.concatenate([e["action"] for e in episodes])
+    )
+    windows = LeRobotWindowDataset(root, n_obs_steps=2, horizon=16, keys=OBS_KEYS)
+    assert len(windows) > 0
+    assert load_round_result(tmp_path / "run", 1).n_labels == 6
+
+
+@pytest.fixture(scope="module")
+def walk_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_walk_dataset(tmp_path_factory.mktemp("walk") / "pusht_walk", n_episodes=3)
+
+
+def _train(root: Path, run_dir: Path, *overrides: str) -> dict:
+    from vla_train.trainer import train
+
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            f"task.dataset.root={root}",
+            "device=cpu",
+            "task.dagger.rounds=2",
+            "task.dagger.every_steps=10",
+            "task.dagger.episodes_per_round=2",
+            "task.dagger.n_envs=2",
+            "task.dagger.max_steps=16",
+            "task.dagger.workers=1",
+            "train.keep_last_checkpoints=10",
+            *overrides,
+        ]
+    )
+    return train(cfg, run_dir)
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_a_round_reproduces_the_uninterrupted_run(
+    walk_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    metrics = _train(walk_dataset, run)
+    assert [r["round"] for r in metrics["dagger_rounds"]] == [1, 2]
+    assert [r["step"] for r in metrics["dagger_rounds"]] == [10, 20]
+    full_curve = _curve(run)
+    ckpts = run / "checkpoints"
+    final = load_file(ckpts / "step_0000030" / "ema.safetensors")
+    round2 = read_frames(run / "dagger" / "round-002", keys=("action",)).columns["action"]
+    # "Crash" after step 15, during round 2: its data and every later checkpoint are gone.
+    for name in ("step_0000020", "step_0000030"):
+        shutil.rmtree(ckpts / name)
+    shutil.rmtree(run / "dagger" / "round-002")
+    (ckpts / "latest").write_text("step_0000015")
+    resumed = _train(walk_dataset, run, "resume=true")
+    assert [r["round"] for r in resumed["dagger_rounds"]] == [1, 2]
+    np.testing.assert_array_equal(
+        read_frames(run / "dagger" / "round-002", keys=("action",)).columns["action"], round2
+    )
+    resumed_curve = [c for c in _curve(run)[len(full_curve) :] if "train/loss" in c]
+    expected = [c for c in full_curve if "train/loss" in c and c["step"] > 15]
+    assert resumed_curve == expected  # loss, lr, grad norm, epoch: bit-identical
+    for key, value in final.items():
+        assert torch.equal(value, load_file(ckpts / "step_0000030" / "ema.safetensors")[key]), key
