@@ -25,6 +25,8 @@ DEFAULT_TOLERANCE_S = 1e-4  # lerobot `LeRobotDataset(tolerance_s=1e-4)`
 DEFAULT_CACHE_MB = 256
 _MAX_OPEN_CONTAINERS = 4
 _CLUSTER_GAP_S = 1.0  # requested frames further apart than this are decoded by separate seeks
+_DECODER_THREADS = 1  # one decoder thread per process: DataLoader workers are the parallelism
+_FORKED_CONTAINERS: list[Any] = []  # see VideoColumn._reset_process_state
 
 
 class VideoDecodeError(ValueError):
@@ -180,11 +182,16 @@ class VideoColumn:
         self.frames_decoded = 0  # counts decoded video frames (for tests and benchmarks)
 
     def _reset_process_state(self) -> None:
+        # Containers opened before a fork belong to the parent: closing them here would join
+        # decoder threads this process does not have (a hang), so they are parked, not closed.
+        inherited = getattr(self, "_containers", None)
+        if inherited:
+            _FORKED_CONTAINERS.extend(inherited.values())
         self._pid = os.getpid()
         self._containers: OrderedDict[int, Any] = OrderedDict()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:  # spawn-started workers: open their own files
         state = self.__dict__.copy()
         state["_containers"], state["_cache"] = OrderedDict(), OrderedDict()
         return state
@@ -211,6 +218,7 @@ class VideoColumn:
             container = av.open(str(path))
             if not container.streams.video:
                 raise VideoDecodeError(f"feature {self.key!r}: {path} has no video stream")
+            container.streams.video[0].codec_context.thread_count = _DECODER_THREADS
         except av.FFmpegError as err:
             raise VideoDecodeError(f"feature {self.key!r}: cannot open {path}: {err}") from None
         self._containers[file] = container
