@@ -258,7 +258,7 @@ def read_frames(
     order = np.argsort(table.column("index").to_numpy(), kind="stable")
     table = table.take(pa.array(order))
     columns: dict[str, np.ndarray] = {}
-    images: dict[str, ImageColumn] = {}
+    images: dict[str, FrameColumn] = {}
     for key, spec in features.items():
         if spec.dtype == "video":
             continue  # stored in mp4 files, not in the parquet; built once the rows are known

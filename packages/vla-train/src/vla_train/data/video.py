@@ -92,13 +92,12 @@ class VideoFileEncoder:
         self.fps = fps
         self.shape = (height, width, 3)
         self.num_frames = 0
-        self._container: Any = av.open(str(path), "w")
-        self._stream: Any = self._container.add_stream(
-            settings.codec, rate=fps, options=settings.options()
-        )
-        self._stream.pix_fmt = settings.pix_fmt
-        self._stream.width, self._stream.height = width, height
-        self._stream.codec_context.time_base = Fraction(1, fps)
+        container: Any = av.open(str(path), "w")
+        stream: Any = container.add_stream(settings.codec, rate=fps, options=settings.options())
+        stream.pix_fmt = settings.pix_fmt
+        stream.width, stream.height = width, height
+        stream.codec_context.time_base = Fraction(1, fps)
+        self._container, self._stream = container, stream
 
     def add(self, frames: np.ndarray) -> tuple[float, float]:
         """Encode `frames`; returns the episode's (from_timestamp, to_timestamp) in this file."""
@@ -125,7 +124,7 @@ class VideoFileEncoder:
 def video_info(path: Path, settings: VideoEncoderSettings) -> dict[str, Any]:
     """The `features[key]["info"]` block lerobot writes (`get_video_info`), read from the file."""
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream: Any = container.streams.video[0]
         info: dict[str, Any] = {
             "video.height": stream.height,
             "video.width": stream.width,
