@@ -37,7 +37,7 @@ def episode_frames(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     frames = np.empty((n, size, size, 3), dtype=np.uint8)
     cx, cy = rng.uniform(0.2, 0.8, 2)
     for t in range(n):
-        cx, cy = np.clip([cx, cy] + rng.normal(0, 0.02, 2), 0.1, 0.9)
+        cx, cy = np.clip(np.array([cx, cy]) + rng.normal(0, 0.02, 2), 0.1, 0.9)
         img = np.stack([120 + 80 * xx, 100 + 60 * yy, 140 - 50 * xx * yy], -1)
         img[(np.abs(xx - cx) < 0.1) & (np.abs(yy - cy) < 0.1)] = (220, 40, 40)
         img += rng.normal(0, 3, img.shape)
