@@ -273,3 +273,32 @@ def test_writer_rejects_bad_video_input_and_writes_nothing(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"observation\.image"):
         writer.add_episode(bad)
     assert not (tmp_path / "ds").exists() and not (tmp_path / "odd").exists()
+
+
+def test_column_pickles_without_open_files_for_spawned_workers(tmp_path: Path) -> None:
+    import pickle
+
+    root = write(tmp_path / "ds", episodes([8]))
+    column = read_frames(root).images["observation.image"]
+    assert isinstance(column, VideoColumn)
+    first = column.get(np.array([5]))  # opens a container and fills the cache
+    clone = pickle.loads(pickle.dumps(column))
+    assert not clone._containers and not clone._cache
+    np.testing.assert_array_equal(clone.get(np.array([5])), first)
+
+
+def test_encoder_falls_back_to_h264_without_libsvtav1(monkeypatch: pytest.MonkeyPatch) -> None:
+    import av
+
+    real = av.codec.Codec
+
+    def codec(name: str, mode: str = "r") -> object:
+        if name == "libsvtav1":
+            raise av.codec.codec.UnknownCodecError(name)
+        return real(name, mode)
+
+    monkeypatch.setattr(av.codec, "Codec", codec)
+    settings = VideoEncoderSettings.default()
+    assert settings.codec == "libx264"
+    monkeypatch.undo()
+    assert VideoEncoderSettings.default().codec == "libsvtav1"
