@@ -17,8 +17,12 @@ Keys that exist in a reference but not in our model are dropped *by name* and re
 - the expert's `lm_head.weight` (openpi / lerobot; 263 M random parameters, unused);
 - transformers' `model.dit.embed_tokens.weight` (a stock GemmaModel's embedding, unused);
 - `paligemma.lm_head.weight`, tied to the token embedding: accepted as the embedding when the
-  embedding itself is absent (what `safetensors.torch.save_model` keeps for tied tensors), and
-  checked equal to it when both are present.
+  embedding itself is absent (what `safetensors.torch.save_model` keeps for tied tensors). When
+  both are present, `openpi` requires them equal (refusing to pick one), while `lerobot` takes
+  `embed_tokens` and ignores the saved lm_head: in lerobot 0.6.1 the two are separate
+  parameters, the lm_head never gets a gradient (pi0/pi0.5 predict no tokens), so every
+  checkpoint saved after training differs there, and lerobot's own loader
+  (`PI05Policy._fix_pytorch_state_dict_keys`, keys in file order) ends up with `embed_tokens`.
 No layout fuses q/k/v or gate/up, so every tensor maps one to one without reshaping.
 
 SigLIP naming moved between transformers versions: openpi (4.53) and the hub checkpoints say
@@ -346,7 +350,7 @@ def convert_state_dict(
         lm_head = state_dict[tied]
         if embed_key not in tensors:
             tensors[embed_key] = lm_head  # the tied copy safetensors kept
-        elif not _same_tensor(tensors[embed_key], lm_head):
+        elif layout != "lerobot" and not _same_tensor(tensors[embed_key], lm_head):
             raise ValueError(
                 f"{tied!r} is tied to {embed_ref!r} in the reference model but the two tensors "
                 "differ; refusing to pick one"

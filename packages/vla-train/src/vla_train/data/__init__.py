@@ -1,10 +1,12 @@
-"""LeRobot-format datasets without a hub: a pyarrow v3.0 writer, a v3.0/v2.1 reader and a
-windowed PyTorch dataset with diffusion_policy padding."""
+"""LeRobot-format datasets without a hub: a pyarrow (+ PyAV for video) v3.0 writer, a v3.0/v2.1
+reader (PNG images and mp4 video features) and a windowed PyTorch dataset with diffusion_policy
+padding."""
 
 from typing import TYPE_CHECKING, Any
 
 from vla_train.data.layout import FeatureSpec
 from vla_train.data.reader import ImageColumn, LeRobotFrames, read_frames, read_info, read_stats
+from vla_train.data.video import VideoColumn, VideoDecodeError, VideoEncoderSettings
 from vla_train.data.writer import LeRobotWriter
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ __all__ = [
     "LeRobotFrames",
     "LeRobotWindowDataset",
     "LeRobotWriter",
+    "VideoColumn",
+    "VideoDecodeError",
+    "VideoEncoderSettings",
     "read_frames",
     "read_info",
     "read_stats",

@@ -1,8 +1,8 @@
 """LeRobotDataset on-disk layout: path templates, feature specs and small atomic-write helpers.
 
 The names and templates follow huggingface/lerobot `src/lerobot/datasets/utils.py` (v3.0), so a
-folder we write is laid out like one produced by `LeRobotDataset` (minus the video folder: images
-are stored inside the parquet as PNG bytes, lerobot's `dtype: "image"` convention).
+folder we write is laid out like one produced by `LeRobotDataset`: images either inside the parquet as PNG bytes
+(lerobot's `dtype: "image"`) or as mp4 streams under `videos/` (`dtype: "video"`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parq
 V21_EPISODES_PATH = "meta/episodes.jsonl"
 V21_TASKS_PATH = "meta/tasks.jsonl"
 V21_EPISODES_STATS_PATH = "meta/episodes_stats.jsonl"
+V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+VIDEO_FILES_SIZE_IN_MB = 500  # lerobot's default before starting a new mp4
 
 #: Per-frame bookkeeping columns every LeRobot dataset carries (lerobot `DEFAULT_FEATURES`).
 DEFAULT_COLUMNS: dict[str, str] = {
@@ -38,27 +40,33 @@ DEFAULT_COLUMNS: dict[str, str] = {
     "task_index": "int64",
 }
 NUMERIC_DTYPES = ("float32", "float64", "int64", "int32", "bool", "uint8")
+FRAME_DTYPES = ("image", "video")
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One user feature: numeric `dtype` with a per-frame `shape`, or `dtype="image"` (H, W, C)
-    uint8 frames stored as PNG bytes in a `{bytes, path}` struct column."""
+    """One user feature: numeric `dtype` with a per-frame `shape`, `dtype="image"` (H, W, C)
+    uint8 frames stored as PNG bytes in a `{bytes, path}` struct column, or `dtype="video"`
+    (H, W, C) frames in mp4 files (read only; the writer turns images into video on request)."""
 
     dtype: str
     shape: tuple[int, ...]
     names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.dtype not in (*NUMERIC_DTYPES, "image"):
+        if self.dtype not in (*NUMERIC_DTYPES, *FRAME_DTYPES):
             raise ValueError(
-                f"FeatureSpec.dtype={self.dtype!r}: expected one of {(*NUMERIC_DTYPES, 'image')}"
+                f"FeatureSpec.dtype={self.dtype!r}: expected one of {(*NUMERIC_DTYPES, *FRAME_DTYPES)}"
             )
         if not self.shape or any(int(d) <= 0 for d in self.shape):
             raise ValueError(f"FeatureSpec.shape={self.shape}: expected positive dimensions")
-        if self.dtype == "image" and (len(self.shape) != 3 or self.shape[2] != 3):
-            raise ValueError(f"image FeatureSpec.shape={self.shape}: expected (H, W, 3)")
-        if self.names is not None and self.dtype != "image" and len(self.names) != self.shape[-1]:
+        if self.dtype in FRAME_DTYPES and (len(self.shape) != 3 or self.shape[2] != 3):
+            raise ValueError(f"{self.dtype} FeatureSpec.shape={self.shape}: expected (H, W, 3)")
+        if (
+            self.names is not None
+            and self.dtype not in FRAME_DTYPES
+            and len(self.names) != self.shape[-1]
+        ):
             raise ValueError(
                 f"FeatureSpec.names has {len(self.names)} entries for shape {self.shape}"
             )
@@ -81,17 +89,16 @@ class FeatureSpec:
         shape = entry.get("shape")
         if dtype is None or shape is None:
             raise ValueError(f"meta/info.json features[{key!r}] lacks 'dtype' or 'shape': {entry}")
-        if dtype == "video":
-            raise ValueError(
-                f"feature {key!r} is stored as video; this reader supports parquet-only datasets "
-                "(images as PNG bytes or uint8 arrays), not video codecs"
-            )
         names = entry.get("names")
+        if dtype == "video" and isinstance(names, list) and str(names[0]).startswith("channel"):
+            shape = [shape[1], shape[2], shape[0]]  # some v2.x datasets list (C, H, W)
         axes = None
         if isinstance(names, dict) and len(names) == 1:
             axes = tuple(next(iter(names.values())))
         elif (
-            isinstance(names, list) and dtype != "image" and all(isinstance(n, str) for n in names)
+            isinstance(names, list)
+            and dtype not in FRAME_DTYPES
+            and all(isinstance(n, str) for n in names)
         ):
             axes = tuple(names)
         if axes is not None and len(axes) != shape[-1]:

@@ -1,10 +1,11 @@
-"""Load a local LeRobot dataset (v3.0 or v2.1, parquet only) into memory as numpy columns.
+"""Load a local LeRobot dataset (v3.0 or v2.1) into memory as numpy columns.
 
 v3.0: frames of many episodes per `data/chunk-*/file-*.parquet`; v2.1: one
 `data/chunk-*/episode_*.parquet` per episode. Either way we read every data file once, order the
 frames by the global `index`, and keep numeric features as [N, *shape] arrays. Image features
 stay as encoded PNG bytes (decoded on demand by `ImageColumn`, with a cache) or, when a dataset
-stores uint8 arrays, as one [N, H, W, 3] array.
+stores uint8 arrays, as one [N, H, W, 3] array. Video features (`dtype: "video"`) become a
+`VideoColumn` that decodes frames by timestamp from the mp4 files on demand.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vla_train.data.layout import (
+    CHUNKS_SIZE,
     DEFAULT_COLUMNS,
     INFO_PATH,
     STATS_PATH,
     V21_EPISODES_STATS_PATH,
+    V21_VIDEO_PATH,
+    VIDEO_PATH,
     FeatureSpec,
     load_json,
 )
+from vla_train.data.stats import merge_stats
+from vla_train.data.video import DEFAULT_TOLERANCE_S, VideoColumn, check_decoder
 
 
 class ImageColumn:
@@ -80,6 +86,9 @@ class ImageColumn:
         return frames
 
 
+FrameColumn = ImageColumn | VideoColumn  # what `LeRobotFrames.images` holds per camera
+
+
 @dataclass
 class LeRobotFrames:
     """All frames of a dataset in memory. `columns[key]` is [N, *shape] in the feature's dtype
@@ -89,7 +98,7 @@ class LeRobotFrames:
     info: dict[str, Any]
     features: dict[str, FeatureSpec]
     columns: dict[str, np.ndarray]
-    images: dict[str, ImageColumn]
+    images: dict[str, FrameColumn]
     episode_from: dict[int, int] = field(default_factory=dict)  # episode -> first row
     episode_to: dict[int, int] = field(default_factory=dict)  # episode -> last row + 1
 
@@ -160,8 +169,76 @@ def read_info(root: Path) -> dict[str, Any]:
     return info
 
 
-def read_frames(root: Path, keys: tuple[str, ...] | None = None) -> LeRobotFrames:
-    """Read the columns `keys` (all features when None) plus the default index columns."""
+def _episode_video_files(
+    root: Path, info: dict[str, Any], key: str, episodes: list[int]
+) -> dict[int, tuple[Path, float]]:
+    """episode -> (mp4 path, from_timestamp) for video feature `key` (v3.0 reads the episodes
+    metadata parquet files; v2.1 has one file per episode starting at 0 s)."""
+    version = str(info["codebase_version"])
+    if version.startswith("v3"):
+        template = str(info.get("video_path") or VIDEO_PATH)
+        cols = [
+            "episode_index",
+            *(f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")),
+        ]
+        files = sorted(root.glob("meta/episodes/chunk-*/file-*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{root}: no meta/episodes/chunk-*/file-*.parquet")
+        out: dict[int, tuple[Path, float]] = {}
+        for path in files:
+            present = set(pq.read_schema(path).names)
+            lacking = [c for c in cols if c not in present]
+            if lacking:
+                raise KeyError(f"{path}: video feature {key!r} needs columns {lacking}")
+            for ep, chunk, file, start in zip(
+                *(pq.read_table(path, columns=cols)[c].to_pylist() for c in cols)
+            ):
+                rel = template.format(video_key=key, chunk_index=int(chunk), file_index=int(file))
+                out[int(ep)] = (root / rel, float(start))
+    else:
+        template = str(info.get("video_path") or V21_VIDEO_PATH)
+        chunks = int(info.get("chunks_size", CHUNKS_SIZE))
+        out = {
+            ep: (root / template.format(episode_chunk=ep // chunks, video_key=key, episode_index=ep), 0.0)
+            for ep in episodes
+        }  # fmt: skip
+    lacking_eps = [ep for ep in episodes if ep not in out]
+    if lacking_eps:
+        raise KeyError(f"{root}: episodes {lacking_eps[:10]} have no {key!r} video in the metadata")
+    for ep in episodes:
+        if not out[ep][0].is_file():
+            raise FileNotFoundError(
+                f"{root}: video file {out[ep][0]} of feature {key!r}, episode {ep} not found"
+            )
+    return out
+
+
+def _video_column(
+    root: Path, info: dict[str, Any], key: str, spec: FeatureSpec,
+    timestamps: np.ndarray, episode_index: np.ndarray, tolerance_s: float,
+) -> VideoColumn:  # fmt: skip
+    codec = (info["features"][key].get("info") or {}).get("video.codec")
+    if codec is not None:
+        check_decoder(str(codec), key, root / INFO_PATH)
+    files = _episode_video_files(root, info, key, np.unique(episode_index).tolist())
+    paths = sorted({p for p, _ in files.values()})
+    file_id = {p: i for i, p in enumerate(paths)}
+    ep_file = {ep: file_id[p] for ep, (p, _) in files.items()}
+    ep_start = {ep: start for ep, (_, start) in files.items()}
+    eps = episode_index.tolist()
+    file_of_row = np.array([ep_file[e] for e in eps], dtype=np.int64)
+    times = np.array([ep_start[e] for e in eps], dtype=np.float64) + timestamps.astype(np.float64)
+    shape = (spec.shape[0], spec.shape[1], spec.shape[2])
+    return VideoColumn(key, shape, paths, file_of_row, times, episode_index, tolerance_s)
+
+
+def read_frames(
+    root: Path, keys: tuple[str, ...] | None = None, *, tolerance_s: float = DEFAULT_TOLERANCE_S
+) -> LeRobotFrames:
+    """Read the columns `keys` (all features when None) plus the default index columns.
+
+    Video features are matched to rows by timestamp within `tolerance_s` (lerobot's default
+    1e-4 s) and decoded lazily."""
     root = Path(root)
     info = read_info(root)
     feature_info: dict[str, Any] = info["features"]
@@ -181,8 +258,10 @@ def read_frames(root: Path, keys: tuple[str, ...] | None = None) -> LeRobotFrame
     order = np.argsort(table.column("index").to_numpy(), kind="stable")
     table = table.take(pa.array(order))
     columns: dict[str, np.ndarray] = {}
-    images: dict[str, ImageColumn] = {}
+    images: dict[str, FrameColumn] = {}
     for key, spec in features.items():
+        if spec.dtype == "video":
+            continue  # stored in mp4 files, not in the parquet; built once the rows are known
         if key not in table.column_names:
             if key == "task_index":
                 columns[key] = np.zeros((table.num_rows, 1), dtype=np.int64)
@@ -204,12 +283,16 @@ def read_frames(root: Path, keys: tuple[str, ...] | None = None) -> LeRobotFrame
         if not np.array_equal(frame_index, np.arange(e - s)):
             raise ValueError(f"{root}: episode {ep} frame_index is not 0..{e - s - 1}")
         frames.episode_from[ep], frames.episode_to[ep] = s, e
+    for key, spec in features.items():
+        if spec.dtype == "video":
+            images[key] = _video_column(
+                root, info, key, spec, columns["timestamp"][:, 0], episode_index, tolerance_s
+            )
+    frames.images = {k: images[k] for k in features if k in images}  # info.json order
     return frames
 
 
 def _aggregate_v21_stats(root: Path) -> dict[str, dict[str, list[Any]]]:
-    from vla_train.data.writer import merge_stats
-
     per_episode: dict[str, list[dict[str, np.ndarray]]] = {}
     for line in (root / V21_EPISODES_STATS_PATH).read_text().splitlines():
         if line.strip():

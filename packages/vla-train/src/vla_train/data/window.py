@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vla_train.data.reader import LeRobotFrames, read_frames, read_stats
+from vla_train.data.video import DEFAULT_TOLERANCE_S
 
 DEFAULT_KEYS = ("observation.state", "observation.environment_state", "observation.image")
 
@@ -25,7 +26,9 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
     """`ds[i]` -> {obs key: [n_obs_steps, ...] float32 (images [n_obs_steps, 3, H, W] in [0, 1]),
     "action": [horizon, A] float32, "action_is_pad": [horizon] bool}.
 
-    Columns are loaded once into memory; PNG frames are decoded on first use and cached.
+    Columns are loaded once into memory; PNG frames are decoded on first use and cached; video
+    frames (`dtype: "video"`) are decoded by timestamp (within `tolerance_s`) on first use into
+    a bounded per-process cache, so DataLoader workers decode only the frames their samples need.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
         pad_before: int | None = None,
         pad_after: int | None = None,
         action_key: str = "action",
+        tolerance_s: float = DEFAULT_TOLERANCE_S,
     ) -> None:
         if n_obs_steps < 1 or horizon < 1 or n_action_steps < 1:
             raise ValueError(
@@ -61,7 +65,9 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
         self.action_key = action_key
         if action_key in self.keys:
             raise ValueError(f"keys {self.keys} must not include the action key {action_key!r}")
-        self.frames: LeRobotFrames = read_frames(self.root, keys=(*self.keys, action_key))
+        self.frames: LeRobotFrames = read_frames(
+            self.root, keys=(*self.keys, action_key), tolerance_s=tolerance_s
+        )
         available = self.frames.episodes
         if episodes is None:
             episodes = available
@@ -89,8 +95,8 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
         return len(self._index)
 
     def preload(self) -> LeRobotWindowDataset:
-        """Decode every image now (e.g. before forking DataLoader workers, which then share the
-        decoded frames instead of each decoding its own copy)."""
+        """Decode every image / video frame now (e.g. before forking DataLoader workers, which then
+        share the decoded frames instead of each decoding its own copy). Costs N·H·W·3 bytes."""
         for column in self.frames.images.values():
             column.all()
         return self

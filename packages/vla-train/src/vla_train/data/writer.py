@@ -1,10 +1,13 @@
-"""Write episodes as a LeRobotDataset v3.0 folder with pyarrow only (no `datasets`, no video).
+"""Write episodes as a LeRobotDataset v3.0 folder with pyarrow (and PyAV for video), no `datasets`.
 
 Layout (lerobot `src/lerobot/datasets/utils.py`, v3.0): `meta/info.json`, `meta/stats.json`,
 `meta/tasks.parquet`, `meta/episodes/chunk-000/file-000.parquet` (one row per episode) and
 `data/chunk-000/file-000.parquet` (frames of many episodes, a new file past ~100 MB). Images are
 PNG bytes in a `{bytes, path}` struct column, which is how lerobot stores `dtype: "image"`
-features in parquet; info.json records the encoding. The folder is built under `<root>.partial`
+features in parquet; info.json records the encoding. With `video=True` every image feature is
+instead encoded into `videos/<key>/chunk-*/file-*.mp4` (`dtype: "video"`, lerobot's default
+storage: libsvtav1 AV1, yuv420p, GOP 2, CRF 30; libx264 when PyAV lacks libsvtav1), episodes
+appended to one file with their `from_timestamp`/`to_timestamp` in the episodes metadata. The folder is built under `<root>.partial`
 and renamed into place by `finalize()`, so a crash never leaves a half-written dataset at `root`.
 """
 
@@ -34,9 +37,15 @@ from vla_train.data.layout import (
     INFO_PATH,
     STATS_PATH,
     TASKS_PATH,
+    VIDEO_FILES_SIZE_IN_MB,
+    VIDEO_PATH,
     FeatureSpec,
     atomic_write_json,
 )
+from vla_train.data.stats import QUANTILE_KEYS, feature_stats, merge_stats
+from vla_train.data.video import VideoEncoderSettings, VideoFileEncoder, video_info
+
+__all__ = ["LeRobotWriter", "encode_png", "feature_stats", "merge_stats"]
 
 _ENCODE_THREADS = max(1, min(8, len(os.sched_getaffinity(0))))
 
@@ -46,47 +55,6 @@ def encode_png(frame: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def feature_stats(values: np.ndarray, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """min/max/mean/std/count over frames; images per channel in [0, 1] with shape [3, 1, 1]
-    (lerobot's convention for image stats)."""
-    if spec.dtype == "image":
-        # Exact and fast: a 256-bin histogram per channel instead of float copies of every pixel.
-        levels = np.arange(256, dtype=np.float64) / 255.0
-        hist = np.stack([np.bincount(values[..., c].ravel(), minlength=256) for c in range(3)])
-        n = hist.sum(1)  # [3]
-        mean = hist @ levels / n
-        present = hist > 0
-        stats = {
-            "min": levels[present.argmax(1)],
-            "max": levels[255 - present[:, ::-1].argmax(1)],
-            "mean": mean,
-            "std": np.sqrt(np.maximum(hist @ levels**2 / n - mean**2, 0.0)),
-        }
-        stats = {k: v.reshape(3, 1, 1) for k, v in stats.items()}
-    else:
-        x = values.astype(np.float64).reshape(len(values), -1)  # [T, D]
-        stats = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
-    stats["count"] = np.array([len(values)], dtype=np.int64)
-    return stats
-
-
-def merge_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Combine per-episode stats exactly (parallel-variance formula on the counts)."""
-    counts = np.array([float(p["count"][0]) for p in parts])
-    total = counts.sum()
-    w = counts / total
-    means = np.stack([p["mean"] for p in parts])
-    mean = np.tensordot(w, means, axes=1)
-    second = np.tensordot(w, np.stack([p["std"] ** 2 + p["mean"] ** 2 for p in parts]), axes=1)
-    return {
-        "min": np.min(np.stack([p["min"] for p in parts]), 0),
-        "max": np.max(np.stack([p["max"] for p in parts]), 0),
-        "mean": mean,
-        "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
-        "count": np.array([int(total)], dtype=np.int64),
-    }
 
 
 def _arrow_column(
@@ -127,6 +95,8 @@ class LeRobotWriter:
         task: str,
         robot_type: str | None = None,
         overwrite: bool = False,
+        video: bool = False,
+        video_settings: VideoEncoderSettings | None = None,
     ) -> None:
         clash = sorted(set(features) & set(DEFAULT_COLUMNS))
         if clash:
@@ -141,6 +111,20 @@ class LeRobotWriter:
         self.task = task
         self.robot_type = robot_type
         self.overwrite = overwrite
+        self.video = bool(video)
+        self.video_keys = [k for k, f in self.features.items() if video and f.dtype == "image"]
+        if video_settings is not None and not video:
+            raise ValueError("video_settings given but video=False")
+        self.video_settings = video_settings or (VideoEncoderSettings.default() if video else None)
+        for key in self.video_keys:
+            h, w, _ = self.features[key].shape
+            if h % 2 or w % 2:
+                raise ValueError(
+                    f"video feature {key!r}: shape {self.features[key].shape} needs even H, W (yuv420p)"
+                )
+        self._encoders: dict[str, VideoFileEncoder] = {}
+        self._video_file_index: dict[str, int] = dict.fromkeys(self.video_keys, 0)
+        self._video_info: dict[str, dict[str, Any]] = {}
         self._staging = self.root.with_name(self.root.name + ".partial")
         if self._staging.exists():
             shutil.rmtree(self._staging)
@@ -188,8 +172,11 @@ class LeRobotWriter:
                 )
             if spec.dtype == "image" and values.dtype != np.uint8:
                 raise ValueError(f"image column {key!r} has dtype {values.dtype}, expected uint8")
-            columns[key] = _arrow_column(values, spec, encoded_images.get(key))
             stats[key] = feature_stats(values, spec)
+            if key in self.video_keys:
+                continue  # encoded below, once every column has been checked
+            columns[key] = _arrow_column(values, spec, encoded_images.get(key))
+        video_meta = self._encode_videos(frames) if self.video_keys else {}
         frame_index = np.arange(length, dtype=np.int64)
         defaults: dict[str, np.ndarray] = {
             "timestamp": (frame_index / self.fps).astype(np.float32),
@@ -218,11 +205,44 @@ class LeRobotWriter:
                 "dataset_to_index": self._num_frames + length,
                 "meta/episodes/chunk_index": 0,
                 "meta/episodes/file_index": 0,
+                **video_meta,
             }
         )
         self._episode_stats.append(stats)
         self._num_frames += length
         return episode_index
+
+    def _encode_videos(self, frames: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Append this episode to each video feature's current mp4 -> its episodes-metadata
+        columns (`videos/<key>/{chunk_index, file_index, from_timestamp, to_timestamp}`)."""
+        assert self.video_settings is not None
+        meta: dict[str, Any] = {}
+        for key in self.video_keys:
+            encoder = self._encoders.get(key)
+            if encoder is not None and encoder.size_bytes() > VIDEO_FILES_SIZE_IN_MB * 2**20:
+                self._close_video(key)
+                self._video_file_index[key] += 1
+                encoder = None
+            chunk_index, file_index = divmod(self._video_file_index[key], CHUNKS_SIZE)
+            if encoder is None:
+                path = self._staging / VIDEO_PATH.format(
+                    video_key=key, chunk_index=chunk_index, file_index=file_index
+                )
+                h, w, _ = self.features[key].shape
+                encoder = VideoFileEncoder(path, self.fps, h, w, self.video_settings)
+                self._encoders[key] = encoder
+            start, stop = encoder.add(np.asarray(frames[key]))
+            meta[f"videos/{key}/chunk_index"] = chunk_index
+            meta[f"videos/{key}/file_index"] = file_index
+            meta[f"videos/{key}/from_timestamp"] = start
+            meta[f"videos/{key}/to_timestamp"] = stop
+        return meta
+
+    def _close_video(self, key: str) -> None:
+        encoder = self._encoders.pop(key)
+        encoder.close()
+        assert self.video_settings is not None
+        self._video_info.setdefault(key, video_info(encoder.path, self.video_settings))
 
     def _flush(self) -> None:
         if not self._pending:
@@ -239,7 +259,7 @@ class LeRobotWriter:
             k: [e[k] for e in self._episodes] for k in self._episodes[0]
         }
         for key in self._episode_stats[0]:
-            for stat in ("min", "max", "mean", "std", "count"):
+            for stat in ("min", "max", "mean", "std", "count", *QUANTILE_KEYS):
                 columns[f"stats/{key}/{stat}"] = [
                     s[key][stat].reshape(-1).tolist() for s in self._episode_stats
                 ]
@@ -273,6 +293,8 @@ class LeRobotWriter:
         if not self._episodes:
             raise ValueError("no episode was added; refusing to write an empty dataset")
         self._flush()
+        for key in list(self._encoders):
+            self._close_video(key)
         self._write_episodes()
         self._write_tasks()
         all_keys = list(self._episode_stats[0])
@@ -284,6 +306,13 @@ class LeRobotWriter:
         }
         atomic_write_json(self._staging / STATS_PATH, stats)
         features: dict[str, Any] = {k: spec.to_info() for k, spec in self.features.items()}
+        for key in self.video_keys:
+            features[key] = {
+                "dtype": "video",
+                "shape": list(self.features[key].shape),
+                "names": ["height", "width", "channels"],
+                "info": self._video_info[key],
+            }
         for key, dtype in DEFAULT_COLUMNS.items():
             features[key] = {"dtype": dtype, "shape": [1], "names": None}
         info = {
@@ -298,7 +327,7 @@ class LeRobotWriter:
             "fps": self.fps,
             "splits": {"train": f"0:{len(self._episodes)}"},
             "data_path": DATA_PATH,
-            "video_path": None,  # no video features: images live in the parquet
+            "video_path": VIDEO_PATH if self.video_keys else None,
             "features": features,
         }
         atomic_write_json(self._staging / INFO_PATH, info)

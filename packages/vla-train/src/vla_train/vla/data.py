@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from vla_core import Observation
 from vla_train.data import read_frames, read_stats
 from vla_train.data.layout import TASKS_PATH
+from vla_train.data.video import DEFAULT_TOLERANCE_S
 from vla_train.vla.tokenizer import PromptTokenizer, pi0_prompt, pi05_prompt, tokenize_prompts
 
 __all__ = ["Batch", "Normalizer", "VLADataConfig", "VLADataset", "collate"]
@@ -33,8 +34,9 @@ NORMALIZATIONS = ("mean_std", "quantiles")
 
 @dataclass(frozen=True)
 class VLADataConfig:
-    """Where the data is and how to shape it. `camera_keys=None` takes every image feature in
-    `info.json` order; the model's `num_cameras` must match."""
+    """Where the data is and how to shape it. `camera_keys=None` takes every image or video
+    feature in `info.json` order; the model's `num_cameras` must match. `tolerance_s` is how far
+    (seconds) a decoded video frame may be from a row's timestamp (lerobot's default 1e-4)."""
 
     root: str
     camera_keys: tuple[str, ...] | None = None
@@ -42,8 +44,11 @@ class VLADataConfig:
     action_key: str = "action"
     normalization: Literal["mean_std", "quantiles"] = "mean_std"
     default_prompt: str | None = None  # used when the dataset has no tasks.parquet
+    tolerance_s: float = DEFAULT_TOLERANCE_S
 
     def __post_init__(self) -> None:
+        if not self.tolerance_s > 0:
+            raise ValueError(f"VLADataConfig.tolerance_s must be > 0, got {self.tolerance_s!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"VLADataConfig.normalization must be one of {NORMALIZATIONS}, "
@@ -107,7 +112,7 @@ class VLADataset(Dataset[dict[str, Tensor]]):
         variant: Literal["pi0", "pi05"],
     ) -> None:
         root = Path(config.root)
-        frames = read_frames(root)
+        frames = read_frames(root, tolerance_s=config.tolerance_s)
         self.frames = frames
         cameras = config.camera_keys
         if cameras is None:

@@ -4,6 +4,8 @@ two cameras, a state vector and an action chunk that depends on the state, one t
 Each episode moves a point along a smooth random curve; `action[t] = state[t+1] − state[t]`
 (padded dims follow deterministic functions of the first two), and both cameras draw the point as
 a bright square, so the images, the state and the actions all carry the same signal.
+`video=True` stores the cameras as mp4 (`dtype: "video"`, see `LeRobotWriter`), as published
+LeRobot datasets do (Hydra: `vla.synthetic.video=true`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def write_synthetic_dataset(
     task: str = "move the red square to the corner",
     seed: int = 0,
     overwrite: bool = True,
+    video: bool = False,
 ) -> Path:
     if state_dim < 2 or action_dim < 2:
         raise ValueError(f"state_dim / action_dim must be >= 2, got {state_dim} / {action_dim}")
@@ -36,7 +39,9 @@ def write_synthetic_dataset(
     features = {key: FeatureSpec("image", (image_size, image_size, 3)) for key in cameras}
     features["observation.state"] = FeatureSpec("float32", (state_dim,))
     features["action"] = FeatureSpec("float32", (action_dim,))
-    writer = LeRobotWriter(Path(root), features, fps=10, task=task, overwrite=overwrite)
+    writer = LeRobotWriter(
+        Path(root), features, fps=10, task=task, overwrite=overwrite, video=video
+    )
     for _ in range(num_episodes):
         t = np.linspace(0.0, 1.0, episode_length + 1)
         start, goal = rng.uniform(0.15, 0.85, 2), rng.uniform(0.15, 0.85, 2)
