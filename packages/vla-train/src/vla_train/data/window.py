@@ -43,6 +43,7 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
         pad_after: int | None = None,
         action_key: str = "action",
         tolerance_s: float = DEFAULT_TOLERANCE_S,
+        current_frame_mask: str | None = None,
     ) -> None:
         if n_obs_steps < 1 or horizon < 1 or n_action_steps < 1:
             raise ValueError(
@@ -65,8 +66,9 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
         self.action_key = action_key
         if action_key in self.keys:
             raise ValueError(f"keys {self.keys} must not include the action key {action_key!r}")
+        mask_keys = (current_frame_mask,) if current_frame_mask else ()
         self.frames: LeRobotFrames = read_frames(
-            self.root, keys=(*self.keys, action_key), tolerance_s=tolerance_s
+            self.root, keys=(*self.keys, action_key, *mask_keys), tolerance_s=tolerance_s
         )
         available = self.frames.episodes
         if episodes is None:
@@ -84,6 +86,16 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
             for s in range(first, last + 1):
                 rows.append((start, length, s))
         self._index = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        self.current_frame_mask = current_frame_mask
+        if current_frame_mask:
+            # Keep only windows whose current (last observed) frame is flagged, e.g. the frames
+            # where a replanning expert made a fresh decision (`expert.replanned`).
+            if current_frame_mask not in self.frames.columns:
+                raise KeyError(f"{self.root}: no column {current_frame_mask!r} to select windows")
+            flags = np.asarray(self.frames.columns[current_frame_mask]).reshape(-1).astype(bool)
+            start, length, s = self._index.T
+            current = start + np.clip(s + n_obs_steps - 1, 0, length - 1)
+            self._index = self._index[flags[current]]
         self._lowdim = {
             k: torch.from_numpy(np.array(v, dtype=np.float32))  # own, writable copy
             for k, v in self.frames.columns.items()

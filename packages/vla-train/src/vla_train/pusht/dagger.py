@@ -35,6 +35,8 @@ DAGGER_FEATURES = {
     "observation.state": FeatureSpec("float32", (2,), ("x", "y")),
     "observation.environment_state": FeatureSpec("float32", (16,)),
     "action": FeatureSpec("float32", (2,), ("x", "y")),
+    # True at the labelled state and wherever the expert's continuation planned afresh.
+    "expert.replanned": FeatureSpec("bool", (1,)),
 }
 
 
@@ -158,10 +160,12 @@ def _label_episode(
     states.extend(label.agent_pos[1:])
     keypoints.extend(label.keypoints[1:])
     actions.extend(label.actions)
+    replanned = np.concatenate([np.zeros(len(past), bool), label.replanned])
     return {
         "observation.state": np.stack(states).astype(np.float32),
         "observation.environment_state": np.stack(keypoints).astype(np.float32),
         "action": np.stack(actions).astype(np.float32),
+        "expert.replanned": replanned,
     }
 
 

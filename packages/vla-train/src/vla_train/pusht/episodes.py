@@ -81,6 +81,7 @@ def run_expert_episode(
             "observation.environment_state",
             *(("observation.image",) if image else ()),
             "action",
+            "expert.replanned",
             "next.reward",
             "next.success",
             "next.done",
@@ -89,7 +90,7 @@ def run_expert_episode(
     max_coverage, success, done, steps = 0.0, False, False, 0
     while not done:
         primitive = expert.plan(snapshot(env))
-        for action in primitive.targets[: expert.config.replan_every]:
+        for k, action in enumerate(primitive.targets[: expert.config.replan_every]):
             columns["observation.state"].append(np.asarray(obs["agent_pos"], np.float32))
             columns["observation.environment_state"].append(
                 np.asarray(obs["environment_state"], np.float32)
@@ -107,6 +108,7 @@ def run_expert_episode(
             done = bool(terminated or truncated) or steps >= max_steps
             max_coverage = max(max_coverage, float(info["coverage"]))
             columns["action"].append(np.asarray(action, np.float32))
+            columns["expert.replanned"].append(np.bool_(k == 0))
             columns["next.reward"].append(np.float32(reward))
             columns["next.success"].append(np.bool_(success))
             columns["next.done"].append(np.bool_(done))

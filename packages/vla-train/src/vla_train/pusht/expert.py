@@ -395,12 +395,14 @@ class PushTExpert:
 
     def chunk_with_states(self, state: SimState, horizon: int) -> tuple[np.ndarray, list[SimState]]:
         """The expert's next `horizon` targets [horizon, 2] float32 from `state`, replanning in
-        the simulator every `replan_every` steps exactly as an episode does, and the state
-        before each target (`states[0] is state`): the label of any state, e.g. one a learner
-        visited."""
+        the simulator every `replan_every` steps exactly as an episode does, the state before
+        each target (`states[0] is state`) and where it planned afresh: the label of any state,
+        e.g. one a learner visited."""
         targets: list[np.ndarray] = []
         states = [state]
+        replanned = np.zeros(horizon, dtype=bool)
         while len(targets) < horizon:
+            replanned[len(targets)] = True
             primitive = self.plan(states[-1])
             n = min(self.config.replan_every, len(primitive.targets), horizon - len(targets))
             self.sim.load(states[-1])
@@ -408,7 +410,7 @@ class PushTExpert:
                 self.sim.step(target)
                 targets.append(target)
                 states.append(self.sim.save())
-        return np.asarray(targets, dtype=np.float32), states[:horizon]
+        return np.asarray(targets, dtype=np.float32), states[:horizon], replanned
 
 
 def _block_fields(state: SimState) -> tuple:

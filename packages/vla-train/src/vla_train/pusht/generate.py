@@ -31,7 +31,7 @@ from vla_train.data.writer import LeRobotWriter, encode_png
 from vla_train.pusht.episodes import FPS, TASK, Episode, run_expert_episode
 
 #: Bump when the expert or the recorded columns change: it names the cache folder.
-EXPERT_VERSION = "expert-v2"
+EXPERT_VERSION = "expert-v3"
 GENERATION_META = "meta/pusht_generation.json"
 
 
@@ -40,6 +40,8 @@ def pusht_features(image: bool) -> dict[str, FeatureSpec]:
         "observation.state": FeatureSpec("float32", (2,), ("x", "y")),
         "observation.environment_state": FeatureSpec("float32", (16,)),
         "action": FeatureSpec("float32", (2,), ("x", "y")),
+        # True where the expert planned afresh (its decision points; the policy's are the same).
+        "expert.replanned": FeatureSpec("bool", (1,)),
         "next.reward": FeatureSpec("float32", (1,)),
         "next.success": FeatureSpec("bool", (1,)),
         "next.done": FeatureSpec("bool", (1,)),

@@ -26,6 +26,7 @@ class Label:
     actions: np.ndarray  # [L, 2] float32 absolute targets
     agent_pos: np.ndarray  # [L, 2] float32
     keypoints: np.ndarray  # [L, 16] float32, gym-pusht's `environment_state`
+    replanned: np.ndarray  # [L] bool: the expert planned afresh before this action
 
 
 def observe(state: SimState) -> tuple[np.ndarray, np.ndarray]:
@@ -44,12 +45,13 @@ def _worker_init(config: ExpertConfig | None) -> None:
 
 def label_state(expert: PushTExpert, state: SimState, length: int) -> Label:
     """The expert's chunk of `length` targets from `state`, with the observations it visits."""
-    actions, states = expert.chunk_with_states(state, length)
+    actions, states, replanned = expert.chunk_with_states(state, length)
     observed = [observe(s) for s in states]
     return Label(
         actions=actions,
         agent_pos=np.stack([o[0] for o in observed]),
         keypoints=np.stack([o[1] for o in observed]),
+        replanned=replanned,
     )
 
 

@@ -93,7 +93,14 @@ def build_dataset(cfg: DictConfig, root: Path) -> Any:
         n_action_steps=int(task.n_action_steps),
         keys=tuple(str(k) for k in keys),
         episodes=episodes,
+        current_frame_mask=decision_mask(cfg),
     )
+
+
+def decision_mask(cfg: DictConfig) -> str | None:
+    """`task.dataset.decision_windows`: train only on windows that start where the expert made a
+    fresh decision (the column `expert.replanned`), the way the policy is queried."""
+    return "expert.replanned" if cfg.task.dataset.get("decision_windows", False) else None
 
 
 def dagger_config(cfg: DictConfig) -> Any:
@@ -137,6 +144,7 @@ def with_dagger_rounds(demos: Any, run_dir: Path, rounds: int) -> Any:
                 keys=demos.keys,
                 pad_before=demos.pad_before,
                 pad_after=demos.pad_after,
+                current_frame_mask=demos.current_frame_mask,
             )
         )
     return ConcatDataset(parts)
