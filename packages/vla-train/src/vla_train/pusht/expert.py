@@ -377,9 +377,8 @@ class PushTExpert:
                 if success_at is not None:
                     arr, score = arr[: success_at + 1], -1e6 + success_at
                 else:
-                    score = (
-                        error + c.step_cost * len(arr) + (c.switch_margin if k != current else 0)
-                    )
+                    score = error + c.step_cost * len(arr)
+                    score += c.switch_margin if k != current else 0.0
                 if score < best_score:
                     best_score, best = score, Primitive(arr, after, error, k)
         if best is None:  # nothing reachable (e.g. trapped by a wall): head for open space

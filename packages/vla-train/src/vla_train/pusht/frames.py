@@ -14,6 +14,10 @@ report. Per observation step i, with block pose (p_i, R_i) read from the keypoin
   observation.environment_state  -> R_i^T (goal keypoints - p_i)                [16]
 and the action chunk is expressed in the frame of the latest observation step:
   action -> R_t^T (target - p_t); executed as R_t a + p_t.
+`block_relative` further writes action k of the chunk relative to the agent's current position
+(block frame) divided by its distance in steps from the current step, |k - (To - 1)| + 1: the mean
+velocity to reach it. A policy's min-max action normaliser then spans tens of pixels per step
+instead of the arena, so the executed first actions get several times finer resolution.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.utils.data import Dataset
 from vla_train.pusht.expert import T_KEYPOINTS, to_world
 from vla_train.pusht.sim import GOAL_POSE
 
-FRAMES = ("world", "block")
+FRAMES = ("world", "block", "block_relative")
 STATE, ENV = "observation.state", "observation.environment_state"
 _GOAL_KEYPOINTS = torch.as_tensor(to_world(GOAL_POSE, T_KEYPOINTS), dtype=torch.float32)  # [8, 2]
 
@@ -72,11 +76,18 @@ def latest_pose(obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return block_pose(obs[ENV][..., -1, :].float())
 
 
-class BlockFrameDataset(Dataset[dict[str, torch.Tensor]]):
-    """Wraps a window dataset: observations and the action chunk in the block frame."""
+def step_divisors(horizon: int, current: int) -> torch.Tensor:
+    """[horizon, 1] divisors |k - current| + 1 of the relative action parameterisation."""
+    return ((torch.arange(horizon) - current).abs() + 1).float().unsqueeze(-1)
 
-    def __init__(self, windows: Any) -> None:
+
+class BlockFrameDataset(Dataset[dict[str, torch.Tensor]]):
+    """Wraps a window dataset: observations and the action chunk in the block frame (actions
+    relative to the current agent position per step when `relative`)."""
+
+    def __init__(self, windows: Any, relative: bool = False) -> None:
         self.windows = windows
+        self.relative = relative
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -85,7 +96,11 @@ class BlockFrameDataset(Dataset[dict[str, torch.Tensor]]):
         sample = self.windows[i]
         origin, rot = latest_pose(sample)
         out = canonical_obs(sample)
-        out["action"] = _to_body(sample["action"], origin, rot)
+        action = _to_body(sample["action"], origin, rot)
+        if self.relative:
+            current = out[STATE].shape[-2] - 1
+            action = (action - out[STATE][current]) / step_divisors(len(action), current)
+        out["action"] = action
         return out
 
     def stats(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -104,15 +119,20 @@ class BlockFrameDataset(Dataset[dict[str, torch.Tensor]]):
 
 
 def block_frame_policy(
-    predict_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """A world-frame `predict_action` around one trained in the block frame."""
+    predict_action: Callable[..., dict[str, torch.Tensor]], relative: bool = False
+) -> Callable[..., dict[str, torch.Tensor]]:
+    """A world-frame `predict_action` around one trained in the block frame. The policy returns
+    the executed slice of its chunk, which starts at the current step."""
 
     def predict(obs: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         origin, rot = latest_pose(obs)
-        out = dict(predict_action(canonical_obs(obs), **kwargs))
-        action = out["action"]
-        out["action"] = _to_world(action.float(), origin, rot).to(action.dtype)
+        canonical = canonical_obs(obs)
+        out = dict(predict_action(canonical, **kwargs))
+        action = out["action"].float()  # [B, Ta, 2]
+        if relative:
+            steps = step_divisors(action.shape[-2], 0).to(action.device)
+            action = canonical[STATE][..., -1:, :] + action * steps
+        out["action"] = _to_world(action, origin, rot).to(out["action"].dtype)
         return out
 
     return predict

@@ -152,15 +152,17 @@ def run_evaluation(
 def world_policy(model: Any, cfg: DictConfig) -> Any:
     """`model.predict_action` taking and returning world-frame PushT observations / targets
     (the policy itself may work in the block frame, `task.frame=block`)."""
-    if check_frame(str(cfg.task.get("frame", "world"))) == "block":
-        return block_frame_policy(model.predict_action)
+    frame = check_frame(str(cfg.task.get("frame", "world")))
+    if frame.startswith("block"):
+        return block_frame_policy(model.predict_action, relative=frame == "block_relative")
     return model.predict_action
 
 
 def in_policy_frame(windows: Any, cfg: DictConfig) -> Any:
     """Training windows as the policy sees them (`task.frame`)."""
-    if check_frame(str(cfg.task.get("frame", "world"))) == "block":
-        return BlockFrameDataset(windows)
+    frame = check_frame(str(cfg.task.get("frame", "world")))
+    if frame.startswith("block"):
+        return BlockFrameDataset(windows, relative=frame == "block_relative")
     return windows
 
 
