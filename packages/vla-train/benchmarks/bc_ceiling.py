@@ -8,6 +8,12 @@ expert, the gap is the data's (discrete planner decisions, few states off the ex
 the generative policy's. Prints one table and writes JSON to --out.
 
     uv run python packages/vla-train/benchmarks/bc_ceiling.py --episodes 100 1000 --steps 10000
+
+`--run-dir RUN` instead trains the regressor on exactly the data a `vla-train` run trained on
+(its demos plus every DAgger round under RUN/dagger, in the run's `task.frame`) and evaluates it on
+the run's evaluation seeds: "a plain regressor on the same data".
+
+    uv run python packages/vla-train/benchmarks/bc_ceiling.py --run-dir outputs/<run> --steps 3000
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ N_OBS_STEPS, HORIZON, N_ACTION_STEPS = 2, 16, 8  # diffusion_policy's PushT wind
 def fit_bc(ds: LeRobotWindowDataset, steps: int, batch: int, hidden: int, seed: int) -> nn.Module:
     """Train the MLP on every window of `ds` (held in memory); returns a `predict_action` module."""
     torch.manual_seed(seed)
+    torch.set_num_threads(1)
     samples = [ds[i] for i in range(len(ds))]
     obs = torch.stack([torch.cat([s[k] for k in KEYS], -1).flatten() for s in samples])
     act = torch.stack([s["action"] for s in samples])
@@ -65,6 +72,46 @@ def fit_bc(ds: LeRobotWindowDataset, steps: int, batch: int, hidden: int, seed: 
     return BCPolicy().eval()
 
 
+def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
+    """The regressor trained on a run's own training set, evaluated like the run."""
+    from omegaconf import OmegaConf
+
+    from vla_train.trainer.build import build_dataset, dataset_root, with_dagger_rounds
+    from vla_train.trainer.checkpoint import latest_checkpoint, load_train_state
+    from vla_train.trainer.loop import in_policy_frame, world_policy
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint")
+    cfg = OmegaConf.create(json.loads((ckpt / "config.json").read_text())["hydra"])
+    rounds = int(load_train_state(ckpt)["position"].get("dagger_round", 0))
+    data = in_policy_frame(
+        with_dagger_rounds(build_dataset(cfg, dataset_root(cfg)), run_dir, rounds), cfg
+    )
+    data.n_obs_steps = N_OBS_STEPS
+    tic = time.perf_counter()
+    net = fit_bc(data, args.steps, args.batch, args.hidden, args.seed)
+    train_s = time.perf_counter() - tic
+    predict = world_policy(type("Wrapped", (), {"predict_action": staticmethod(net)})(), cfg)
+    r = evaluate(
+        predict, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=N_OBS_STEPS,
+        n_episodes=args.n_test, n_envs=25, start_seed=int(cfg.eval.start_seed),
+    )  # fmt: skip
+    return [
+        {
+            "episodes": f"{run_dir.name} (+{rounds} DAgger rounds, frame {cfg.task.frame})",
+            "windows": len(data),
+            "steps": args.steps,
+            "batch": args.batch,
+            "samples_seen": args.steps * args.batch,
+            "train_s": train_s,
+            "success_rate": r.success_rate,
+            "mean_max_coverage": r.mean_max_coverage,
+            "mean_score": r.mean_score,
+        }
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, nargs="+", default=[100, 1000])
@@ -74,10 +121,11 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/vla_bc_ceiling.json"))
+    parser.add_argument("--run-dir", type=Path, default=None, help="train on this run's data")
     args = parser.parse_args()
 
-    rows = []
-    for n in args.episodes:
+    rows = run_rows(args.run_dir, args) if args.run_dir is not None else []
+    for n in [] if args.run_dir is not None else args.episodes:
         root = ensure_default_dataset(num_episodes=n, seed=0, image=False)
         ds = LeRobotWindowDataset(
             root, n_obs_steps=N_OBS_STEPS, horizon=HORIZON, keys=KEYS, n_action_steps=N_ACTION_STEPS
