@@ -121,7 +121,7 @@ def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path) -> 
         "step_0000030",
     ]  # no temp dirs left, pruned to keep_last
     state = load_train_state(path)  # weights_only=True
-    assert state["position"] == {"step": 30, "epoch": 1, "batch": 2}
+    assert state["position"] == {"step": 30, "epoch": 1, "batch": 2, "dagger_round": 0}
     clone = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     clone.register_buffer("stat", torch.zeros(4))
     load_weights(clone, path / "model.safetensors")
