@@ -78,7 +78,7 @@ def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
 
     from vla_train.trainer.build import build_dataset, dataset_root, with_dagger_rounds
     from vla_train.trainer.checkpoint import latest_checkpoint, load_train_state
-    from vla_train.trainer.loop import in_policy_frame, world_policy
+    from vla_train.trainer.rollouts import in_policy_frame, world_policy
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:

@@ -93,8 +93,8 @@ class LeRobotWindowDataset(Dataset[dict[str, torch.Tensor]]):
             if current_frame_mask not in self.frames.columns:
                 raise KeyError(f"{self.root}: no column {current_frame_mask!r} to select windows")
             flags = np.asarray(self.frames.columns[current_frame_mask]).reshape(-1).astype(bool)
-            start, length, s = self._index.T
-            current = start + np.clip(s + n_obs_steps - 1, 0, length - 1)
+            first_row, ep_length, window_start = self._index.T
+            current = first_row + np.clip(window_start + n_obs_steps - 1, 0, ep_length - 1)
             self._index = self._index[flags[current]]
         self._lowdim = {
             k: torch.from_numpy(np.array(v, dtype=np.float32))  # own, writable copy

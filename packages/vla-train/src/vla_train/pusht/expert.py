@@ -392,7 +392,9 @@ class PushTExpert:
         self.planning_cpu_seconds += time.process_time() - c0
         return best
 
-    def chunk_with_states(self, state: SimState, horizon: int) -> tuple[np.ndarray, list[SimState]]:
+    def chunk_with_states(
+        self, state: SimState, horizon: int
+    ) -> tuple[np.ndarray, list[SimState], np.ndarray]:
         """The expert's next `horizon` targets [horizon, 2] float32 from `state`, replanning in
         the simulator every `replan_every` steps exactly as an episode does, the state before
         each target (`states[0] is state`) and where it planned afresh: the label of any state,

@@ -1,16 +1,17 @@
-"""The training loop: data -> iMF loss -> AdamW/cosine/EMA -> checkpoints -> gym-pusht eval.
+"""The training loop: data -> iMF loss -> AdamW/cosine/EMA -> checkpoints -> gym-pusht eval,
+with optional expert-in-the-loop rounds (`task.dagger`) that grow the training set mid-run.
 
 Determinism: the model is initialised from `seed` on every rank (DDP also broadcasts rank 0's
 weights), the per-step noise comes from the torch RNG seeded with `seed + rank`, the data order
 from `ShardedEpochSampler(seed, epoch)`. Checkpoints hold every RNG state (per rank) and the
-(epoch, batch) position, so `resume=true` replays the exact loss curve of an uninterrupted run.
+(epoch, batch, DAgger round) position, so `resume=true` replays the exact loss curve of an
+uninterrupted run.
 Evaluation runs under a forked RNG so it never perturbs training randomness.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -30,15 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vla_imf import IMFPolicy
-from vla_train.eval import EvalResult, action_latency_ms, evaluate, first_observation
-from vla_train.pusht.dagger import (
-    DaggerConfig,
-    RoundResult,
-    collect_round,
-    load_round_result,
-    write_round,
-)
-from vla_train.pusht.frames import BlockFrameDataset, block_frame_policy, check_frame
+from vla_train.eval import action_latency_ms, first_observation
+from vla_train.pusht.dagger import load_round_result
 from vla_train.pusht.labels import ExpertLabeler
 from vla_train.trainer.build import (
     build_dataset,
@@ -67,6 +61,13 @@ from vla_train.trainer.distributed import (
 )
 from vla_train.trainer.ema import EMA
 from vla_train.trainer.loggers import MetricLogger, NullLogger, build_logger
+from vla_train.trainer.rollouts import (
+    in_policy_frame,
+    obs_keys,
+    run_dagger_round,
+    run_evaluation,
+    world_policy,
+)
 from vla_train.trainer.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -105,97 +106,6 @@ def _rank_rng_states(info: DistInfo) -> list[Any]:
     gathered: list[Any] = [None] * info.world_size
     dist.all_gather_object(gathered, state)
     return gathered
-
-
-def obs_keys(cfg: DictConfig) -> tuple[str, ...]:
-    return (*[str(k) for k in cfg.task.lowdim_keys], *[str(k) for k in cfg.task.image_keys])
-
-
-def run_evaluation(
-    model: Any,
-    cfg: DictConfig,
-    device: torch.device,
-    video_dir: Path | None,
-    num_inference_steps: int | None = None,
-) -> EvalResult:
-    """gym-pusht rollouts of `model` under a forked, fixed RNG (sampling noise is reproducible
-    and training randomness is left untouched). `num_inference_steps` overrides the policy's
-    sampler steps (None: the policy's own)."""
-    e = cfg.eval
-    predict = world_policy(model, cfg)
-    if num_inference_steps is not None:
-        predict = functools.partial(predict, num_inference_steps=int(num_inference_steps))
-    was_training = model.training
-    model.eval()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(e.start_seed))
-            return evaluate(
-                predict,
-                obs_type=str(cfg.task.env_obs_type),
-                obs_keys=obs_keys(cfg),
-                n_obs_steps=int(cfg.task.n_obs_steps),
-                n_episodes=int(e.n_test),
-                start_seed=int(e.start_seed),
-                max_steps=int(e.max_steps),
-                n_envs=int(e.n_envs),
-                device=device,
-                video_dir=video_dir,
-                n_videos=int(e.n_videos),
-                video_size=int(e.video_size),
-            )
-    finally:
-        model.train(was_training)
-
-
-def world_policy(model: Any, cfg: DictConfig) -> Any:
-    """`model.predict_action` taking and returning world-frame PushT observations / targets
-    (the policy itself may work in the block frame, `task.frame=block`)."""
-    frame = check_frame(str(cfg.task.get("frame", "world")))
-    if frame.startswith("block"):
-        return block_frame_policy(model.predict_action, relative=frame == "block_relative")
-    return model.predict_action
-
-
-def in_policy_frame(windows: Any, cfg: DictConfig) -> Any:
-    """Training windows as the policy sees them (`task.frame`)."""
-    frame = check_frame(str(cfg.task.get("frame", "world")))
-    if frame.startswith("block"):
-        return BlockFrameDataset(windows, relative=frame == "block_relative")
-    return windows
-
-
-def run_dagger_round(
-    model: Any,
-    cfg: DictConfig,
-    dagger: DaggerConfig,
-    round_index: int,
-    labeler: ExpertLabeler,
-    run_dir: Path,
-) -> RoundResult:
-    """One expert-in-the-loop round with `model` (under a forked RNG seeded by the round, so it
-    never perturbs training randomness); its data is written before this returns."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(dagger.first_seed + round_index)
-            episodes, result = collect_round(
-                world_policy(model, cfg),
-                labeler,
-                dagger,
-                round_index,
-                obs_keys=obs_keys(cfg),
-                n_obs_steps=int(cfg.task.n_obs_steps),
-                horizon=int(cfg.task.horizon),
-                device=device,
-            )
-    finally:
-        model.train(was_training)
-    write_round(run_dir, episodes, result)
-    return result
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
