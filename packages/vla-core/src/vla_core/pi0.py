@@ -244,6 +244,17 @@ class PI0Model(nn.Module):
         prefix_positions = torch.cat([image_positions, positions[:, num_image:]], dim=1)
         return Prefix(prefix_tokens, pad_mask, ar_mask, prefix_positions, suffix_offset)
 
+    def time_embedding(self, time: Tensor, time_arithmetic: TimeArithmetic = "openpi") -> Tensor:
+        """Sine-cosine embedding of the flow time: [B] (or [B, H]) -> [..., expert width] fp32."""
+        config = self.config
+        return posemb_sincos(
+            time,
+            config.expert.width,
+            config.time_min_period,
+            config.time_max_period,
+            time_arithmetic,
+        )
+
     def embed_suffix(
         self,
         state: Tensor | None,
@@ -255,18 +266,23 @@ class PI0Model(nn.Module):
         pi0.5: action tokens only, ar = [1, 0…]; time -> MLP -> AdaRMS cond.
         noisy_actions [B, H, A]; time [B] (or [B, H] per token); `time_arithmetic` see
         `vla_core.time_arithmetic`."""
+        time_emb = self.time_embedding(time, time_arithmetic)
+        return self.embed_suffix_from_time_embedding(state, noisy_actions, time_emb)
+
+    def embed_suffix_from_time_embedding(
+        self, state: Tensor | None, noisy_actions: Tensor, time_emb: Tensor
+    ) -> Suffix:
+        """`embed_suffix` with the time embedding [B, De] or [B, H, De] already computed (the fast
+        sampler precomputes it per Euler step, so its compiled / captured step has no host work)."""
         config = self.config
         batch, horizon, _ = noisy_actions.shape
         width = config.expert.width
-        time_emb = posemb_sincos(
-            time, width, config.time_min_period, config.time_max_period, time_arithmetic
-        )
         action_tokens = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
         device = noisy_actions.device
         if config.is_pi05:
             cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
             tokens = action_tokens
-            ar = [True] + [False] * (horizon - 1)
+            num_block_starts = 1
         else:
             if state is None:
                 raise ValueError("pi0 needs observation.state [B, state_dim], got None")
@@ -281,10 +297,13 @@ class PI0Model(nn.Module):
             mixed = torch.cat([action_tokens, time_emb.to(action_tokens.dtype)], dim=-1)
             mixed = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(mixed)))
             tokens = torch.cat([state_token, mixed], dim=1)
-            ar = [True, True] + [False] * (horizon - 1)
+            num_block_starts = 2
         tokens = tokens.to(self.compute_dtype)
         pad_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
-        ar_mask = torch.tensor(ar, dtype=torch.bool, device=device).expand(batch, -1)
+        # ar = [1]·num_block_starts + [0]·rest, built on the device (no host-to-device copy, so
+        # the step can be captured in a CUDA graph).
+        token_index = torch.arange(tokens.shape[1], device=device)
+        ar_mask = (token_index < num_block_starts).expand(batch, -1)
         return Suffix(tokens, pad_mask, ar_mask, cond)
 
     # ---- engine calls ------------------------------------------------------------------------
@@ -319,13 +338,27 @@ class PI0Model(nn.Module):
         time_arithmetic: TimeArithmetic = "openpi",
     ) -> Tensor:
         """One velocity evaluation reading the prefix cache (never mutated). -> [B, H, A] fp32."""
-        suffix = self.embed_suffix(state, noisy_actions, time, time_arithmetic)
+        time_emb = self.time_embedding(time, time_arithmetic)
+        return self.velocity_from_cache(cache, prefix.suffix_offset, state, noisy_actions, time_emb)
+
+    def velocity_from_cache(
+        self,
+        cache: PrefixCache,
+        suffix_offset: Tensor,
+        state: Tensor | None,
+        noisy_actions: Tensor,
+        time_emb: Tensor,
+    ) -> Tensor:
+        """`denoise_step` from a precomputed time embedding; `suffix_offset` [B] is
+        `Prefix.suffix_offset`. Device work only: what the fast sampler compiles and captures."""
+        suffix = self.embed_suffix_from_time_embedding(state, noisy_actions, time_emb)
+        positions = suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
         out = self.engine(
             None,
             suffix.tokens,
             pad_mask=suffix.pad_mask,
             ar_mask=suffix.ar_mask,
-            positions=self.suffix_positions(prefix, suffix),
+            positions=positions,
             cache=cache,
             expert_cond=suffix.cond,
         )
