@@ -280,10 +280,15 @@ class FastSampler:
             self._noise.copy_(noise)
 
     @torch.no_grad()
-    def __call__(self, observation: Observation, noise: Tensor | None = None) -> Tensor:
-        """Actions [B, H, A] fp32 for `observation` (same shapes as the example)."""
+    def __call__(
+        self, observation: Observation, noise: Tensor | None = None, *, use_graph: bool = True
+    ) -> Tensor:
+        """Actions [B, H, A] fp32 for `observation` (same shapes as the example).
+
+        `use_graph=False` launches the same (compiled) programs one by one instead of replaying
+        the graph: what benchmarks compare to isolate the graph's effect."""
         self._load_inputs(observation, noise)
-        if self._graph is None:
+        if self._graph is None or not use_graph:
             self._run()
         else:
             if not self.capture_prefix:
