@@ -27,9 +27,9 @@ class FusedAttentionProjections(nn.Module):
         q, k, v = source.q_proj, source.k_proj, source.v_proj
         if q.bias is not None or k.bias is not None or v.bias is not None:
             raise ValueError("fuse_projections expects bias-free q/k/v projections (Gemma)")
-        self.split_sizes = (q.out_features, k.out_features, v.out_features)
+        self.split_sizes: list[int] = [q.out_features, k.out_features, v.out_features]
         weight = torch.cat([q.weight, k.weight, v.weight], dim=0)
-        self.qkv_proj = nn.Linear(
+        self.qkv_proj: nn.Linear = nn.Linear(
             q.in_features, weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype
         )
         with torch.no_grad():
