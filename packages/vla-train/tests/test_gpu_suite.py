@@ -16,11 +16,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SAMPLING = ["eager", "compiled", "cuda_graph"]
 EXPECTED_ROWS = [
     *[f"sampling/{variant}/{mode}" for variant in ("pi0", "pi05") for mode in SAMPLING],
-    *[f"pruned/pi05_keep0.1/{mode}" for mode in SAMPLING],
     "finetune/pi05/no_checkpointing",
     "finetune/pi05/checkpointing",
     "imf/attnres_full_imf/lowdim",
     "imf/attnres_full_imf/image",
+    *[f"pruned/pi05_keep0.1/{mode}" for mode in SAMPLING],
 ]
 
 
