@@ -25,7 +25,8 @@ from torch import Tensor
 
 from vla_core.engine import PrefixCache
 from vla_core.fusion import fuse_projections
-from vla_core.pi0 import Observation, PI0Model
+from vla_core.observation import Observation
+from vla_core.pi0 import PI0Model
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid
 
 __all__ = ["FastSampler", "compile_sampler", "with_dtype_policy"]

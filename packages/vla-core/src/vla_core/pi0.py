@@ -6,7 +6,6 @@ Euler from t=1 to 0 in `num_steps` steps with the prefix K/V cached once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,60 +18,11 @@ from vla_core.engine import JointEngine, PrefixCache
 from vla_core.filters import ImageTokenFilter
 from vla_core.gemma3 import Gemma3EngineConfig, Gemma3JointEngine
 from vla_core.layers import RMSNorm
+from vla_core.observation import Observation
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
 
 __all__ = ["Observation", "PI0Model", "Prefix", "Suffix", "posemb_sincos"]
-
-
-@dataclass
-class Observation:
-    """One batch of model inputs.
-
-    images: `[B, n_cams, 3, H, W]` in [-1, 1], or a dict camera name -> `[B, 3, H, W]` (sorted by
-    insertion order); image_masks: `[B, n_cams]` bool / dict of `[B]` (None = all present);
-    tokens / token_mask: `[B, T]` tokenized prompt (right-padded); state: `[B, state_dim]`
-    (pi0; pi0.5 carries the discretised state in the prompt and may leave it None).
-    """
-
-    images: Tensor | Mapping[str, Tensor]
-    tokens: Tensor
-    token_mask: Tensor
-    image_masks: Tensor | Mapping[str, Tensor] | None = None
-    state: Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.tokens.shape[0])
-
-    def stacked_images(self) -> tuple[Tensor, Tensor]:
-        """-> images [B, n_cams, 3, H, W], image_masks [B, n_cams] bool."""
-        if isinstance(self.images, Mapping):
-            names = list(self.images)
-            images = torch.stack([self.images[name] for name in names], dim=1)
-            if self.image_masks is None:
-                masks = None
-            elif isinstance(self.image_masks, Mapping):
-                missing = [name for name in names if name not in self.image_masks]
-                if missing:
-                    raise ValueError(f"image_masks has no entry for cameras {missing}")
-                masks = torch.stack([self.image_masks[name].bool() for name in names], dim=1)
-            else:
-                masks = self.image_masks.bool()
-        else:
-            images = self.images
-            if isinstance(self.image_masks, Mapping):
-                raise ValueError("image_masks must be a tensor when images is a tensor")
-            masks = None if self.image_masks is None else self.image_masks.bool()
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"images must be [B, n_cams, 3, H, W], got {tuple(images.shape)}")
-        if masks is None:
-            masks = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        if tuple(masks.shape) != tuple(images.shape[:2]):
-            raise ValueError(
-                f"image_masks must be [B, n_cams] = {tuple(images.shape[:2])}, got {tuple(masks.shape)}"
-            )
-        return images, masks
 
 
 @dataclass(frozen=True)
@@ -272,8 +222,7 @@ class PI0Model(nn.Module):
     def embed_suffix_from_time_embedding(
         self, state: Tensor | None, noisy_actions: Tensor, time_emb: Tensor
     ) -> Suffix:
-        """`embed_suffix` with the time embedding [B, De] or [B, H, De] already computed (the fast
-        sampler precomputes it per Euler step, so its compiled / captured step has no host work)."""
+        """`embed_suffix` from a time embedding [B, De] / [B, H, De] computed beforehand."""
         config = self.config
         batch, horizon, _ = noisy_actions.shape
         width = config.expert.width
@@ -300,17 +249,16 @@ class PI0Model(nn.Module):
             num_block_starts = 2
         tokens = tokens.to(self.compute_dtype)
         pad_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
-        # ar = [1]·num_block_starts + [0]·rest, built on the device (no host-to-device copy, so
-        # the step can be captured in a CUDA graph).
+        # ar = [1]·starts + [0]·rest, built on the device (a CUDA graph cannot capture an H2D copy)
         token_index = torch.arange(tokens.shape[1], device=device)
         ar_mask = (token_index < num_block_starts).expand(batch, -1)
         return Suffix(tokens, pad_mask, ar_mask, cond)
 
     # ---- engine calls ------------------------------------------------------------------------
     @staticmethod
-    def suffix_positions(prefix: Prefix, suffix: Suffix) -> Tensor:
-        """`sum(unpruned prefix pad) + cumsum(suffix pad) − 1` -> [B, S]."""
-        return prefix.suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
+    def suffix_positions(suffix_offset: Tensor, suffix: Suffix) -> Tensor:
+        """`sum(unpruned prefix pad) + cumsum(suffix pad) − 1` -> [B, S] (offset = `Prefix.suffix_offset`)."""
+        return suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
 
     def fill_prefix_cache(self, prefix: Prefix) -> PrefixCache:
         """Run the backbone over the prefix once; post-RoPE K/V per layer."""
@@ -349,16 +297,15 @@ class PI0Model(nn.Module):
         noisy_actions: Tensor,
         time_emb: Tensor,
     ) -> Tensor:
-        """`denoise_step` from a precomputed time embedding; `suffix_offset` [B] is
-        `Prefix.suffix_offset`. Device work only: what the fast sampler compiles and captures."""
+        """`denoise_step` from a precomputed time embedding (device work only: what the fast sampler
+        compiles and captures); `suffix_offset` [B] = `Prefix.suffix_offset`."""
         suffix = self.embed_suffix_from_time_embedding(state, noisy_actions, time_emb)
-        positions = suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
         out = self.engine(
             None,
             suffix.tokens,
             pad_mask=suffix.pad_mask,
             ar_mask=suffix.ar_mask,
-            positions=positions,
+            positions=self.suffix_positions(suffix_offset, suffix),
             cache=cache,
             expert_cond=suffix.cond,
         )
@@ -394,7 +341,9 @@ class PI0Model(nn.Module):
             suffix.tokens,
             pad_mask=torch.cat([prefix.pad_mask, suffix.pad_mask], dim=1),
             ar_mask=torch.cat([prefix.ar_mask, suffix.ar_mask], dim=1),
-            positions=torch.cat([prefix.positions, self.suffix_positions(prefix, suffix)], dim=1),
+            positions=torch.cat(
+                [prefix.positions, self.suffix_positions(prefix.suffix_offset, suffix)], dim=1
+            ),
             expert_cond=suffix.cond,
         )
         assert out.suffix is not None
