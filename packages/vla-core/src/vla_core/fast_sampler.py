@@ -57,11 +57,10 @@ def with_dtype_policy(model: PI0Model, dtype: DType, *, copy_model: bool = True)
 class _TensorSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
-    device: torch.device
 
 
 def _spec(tensor: Tensor) -> _TensorSpec:
-    return _TensorSpec(tuple(tensor.shape), tensor.dtype, tensor.device)
+    return _TensorSpec(tuple(tensor.shape), tensor.dtype)
 
 
 def _observation_tensors(observation: Observation) -> dict[str, Tensor | None]:
@@ -261,7 +260,7 @@ class FastSampler:
             tensor = inputs[name]
             if tensor is None:
                 raise ValueError(f"FastSampler was built with {name} {spec.shape}, got None")
-            if (_spec(tensor).shape, tensor.dtype) != (spec.shape, spec.dtype):
+            if _spec(tensor) != spec:
                 raise ValueError(
                     f"FastSampler was built for {name} of shape {spec.shape} {spec.dtype}, got "
                     f"{tuple(tensor.shape)} {tensor.dtype}; build a new sampler for new shapes"
@@ -284,7 +283,8 @@ class FastSampler:
     def __call__(
         self, observation: Observation, noise: Tensor | None = None, *, use_graph: bool = True
     ) -> Tensor:
-        """Actions [B, H, A] fp32 for `observation` (same shapes as the example).
+        """Actions [B, H, A] fp32 for `observation` (same shapes and dtypes as the example; it
+        may live on another device, e.g. CPU tensors are copied into the device buffers).
 
         `use_graph=False` launches the same (compiled) programs one by one instead of replaying
         the graph: what benchmarks compare to isolate the graph's effect."""
