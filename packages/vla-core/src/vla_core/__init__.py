@@ -90,6 +90,7 @@ from vla_core.counting import (
     count_model_parameters,
     count_parameters,
 )
+from vla_core.fast_sampler import FastSampler, compile_sampler, with_dtype_policy
 from vla_core.flops import (
     FlopBreakdown,
     MeasuredFlops,
@@ -99,6 +100,7 @@ from vla_core.flops import (
     seed_profiler_flops,
     seed_setting_config,
 )
+from vla_core.fusion import fuse_projections
 from vla_core.state_dict import (
     LAYOUTS,
     ConvertedStateDict,
@@ -153,3 +155,6 @@ __all__ += [
     "gemma3_expert_config",
     "gemma3_policy_config",
 ]
+
+# deployment fast path: fixed-shape sampler (bf16, compile, CUDA graph), projection fusion
+__all__ += ["FastSampler", "compile_sampler", "fuse_projections", "with_dtype_policy"]

@@ -97,6 +97,10 @@ class GemmaAttentionProjections(nn.Module):
         self.v_proj = nn.Linear(config.width, config.num_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(config.num_heads * hd, config.width, bias=False)
 
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, L, width] -> q [B, L, H·D], k / v [B, L, Hkv·D] (`vla_core.fusion` fuses them)."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
 
 class StreamBlock(nn.Module):
     """One stream's sublayers of a joint decoder layer: everything except the shared attention.
@@ -137,9 +141,10 @@ class GemmaStreamBlock(StreamBlock):
         batch, length, _ = hidden.shape
         config, attn = self.config, self.self_attn
         normed, gate = self.input_layernorm(hidden, cond)
-        query = attn.q_proj(normed).view(batch, length, config.num_heads, config.head_dim)
-        key = attn.k_proj(normed).view(batch, length, config.num_kv_heads, config.head_dim)
-        value = attn.v_proj(normed).view(batch, length, config.num_kv_heads, config.head_dim)
+        query, key, value = attn.project_qkv(normed)
+        query = query.view(batch, length, config.num_heads, config.head_dim)
+        key = key.view(batch, length, config.num_kv_heads, config.head_dim)
+        value = value.view(batch, length, config.num_kv_heads, config.head_dim)
         return query, key, value, gate
 
     def attention_output(

@@ -6,7 +6,6 @@ Euler from t=1 to 0 in `num_steps` steps with the prefix K/V cached once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,60 +18,11 @@ from vla_core.engine import JointEngine, PrefixCache
 from vla_core.filters import ImageTokenFilter
 from vla_core.gemma3 import Gemma3EngineConfig, Gemma3JointEngine
 from vla_core.layers import RMSNorm
+from vla_core.observation import Observation
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
 
 __all__ = ["Observation", "PI0Model", "Prefix", "Suffix", "posemb_sincos"]
-
-
-@dataclass
-class Observation:
-    """One batch of model inputs.
-
-    images: `[B, n_cams, 3, H, W]` in [-1, 1], or a dict camera name -> `[B, 3, H, W]` (sorted by
-    insertion order); image_masks: `[B, n_cams]` bool / dict of `[B]` (None = all present);
-    tokens / token_mask: `[B, T]` tokenized prompt (right-padded); state: `[B, state_dim]`
-    (pi0; pi0.5 carries the discretised state in the prompt and may leave it None).
-    """
-
-    images: Tensor | Mapping[str, Tensor]
-    tokens: Tensor
-    token_mask: Tensor
-    image_masks: Tensor | Mapping[str, Tensor] | None = None
-    state: Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.tokens.shape[0])
-
-    def stacked_images(self) -> tuple[Tensor, Tensor]:
-        """-> images [B, n_cams, 3, H, W], image_masks [B, n_cams] bool."""
-        if isinstance(self.images, Mapping):
-            names = list(self.images)
-            images = torch.stack([self.images[name] for name in names], dim=1)
-            if self.image_masks is None:
-                masks = None
-            elif isinstance(self.image_masks, Mapping):
-                missing = [name for name in names if name not in self.image_masks]
-                if missing:
-                    raise ValueError(f"image_masks has no entry for cameras {missing}")
-                masks = torch.stack([self.image_masks[name].bool() for name in names], dim=1)
-            else:
-                masks = self.image_masks.bool()
-        else:
-            images = self.images
-            if isinstance(self.image_masks, Mapping):
-                raise ValueError("image_masks must be a tensor when images is a tensor")
-            masks = None if self.image_masks is None else self.image_masks.bool()
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"images must be [B, n_cams, 3, H, W], got {tuple(images.shape)}")
-        if masks is None:
-            masks = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        if tuple(masks.shape) != tuple(images.shape[:2]):
-            raise ValueError(
-                f"image_masks must be [B, n_cams] = {tuple(images.shape[:2])}, got {tuple(masks.shape)}"
-            )
-        return images, masks
 
 
 @dataclass(frozen=True)
@@ -244,6 +194,17 @@ class PI0Model(nn.Module):
         prefix_positions = torch.cat([image_positions, positions[:, num_image:]], dim=1)
         return Prefix(prefix_tokens, pad_mask, ar_mask, prefix_positions, suffix_offset)
 
+    def time_embedding(self, time: Tensor, time_arithmetic: TimeArithmetic = "openpi") -> Tensor:
+        """Sine-cosine embedding of the flow time: [B] (or [B, H]) -> [..., expert width] fp32."""
+        config = self.config
+        return posemb_sincos(
+            time,
+            config.expert.width,
+            config.time_min_period,
+            config.time_max_period,
+            time_arithmetic,
+        )
+
     def embed_suffix(
         self,
         state: Tensor | None,
@@ -255,18 +216,22 @@ class PI0Model(nn.Module):
         pi0.5: action tokens only, ar = [1, 0…]; time -> MLP -> AdaRMS cond.
         noisy_actions [B, H, A]; time [B] (or [B, H] per token); `time_arithmetic` see
         `vla_core.time_arithmetic`."""
+        time_emb = self.time_embedding(time, time_arithmetic)
+        return self.embed_suffix_from_time_embedding(state, noisy_actions, time_emb)
+
+    def embed_suffix_from_time_embedding(
+        self, state: Tensor | None, noisy_actions: Tensor, time_emb: Tensor
+    ) -> Suffix:
+        """`embed_suffix` from a time embedding [B, De] / [B, H, De] computed beforehand."""
         config = self.config
         batch, horizon, _ = noisy_actions.shape
         width = config.expert.width
-        time_emb = posemb_sincos(
-            time, width, config.time_min_period, config.time_max_period, time_arithmetic
-        )
         action_tokens = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
         device = noisy_actions.device
         if config.is_pi05:
             cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
             tokens = action_tokens
-            ar = [True] + [False] * (horizon - 1)
+            num_block_starts = 1
         else:
             if state is None:
                 raise ValueError("pi0 needs observation.state [B, state_dim], got None")
@@ -281,17 +246,19 @@ class PI0Model(nn.Module):
             mixed = torch.cat([action_tokens, time_emb.to(action_tokens.dtype)], dim=-1)
             mixed = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(mixed)))
             tokens = torch.cat([state_token, mixed], dim=1)
-            ar = [True, True] + [False] * (horizon - 1)
+            num_block_starts = 2
         tokens = tokens.to(self.compute_dtype)
         pad_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
-        ar_mask = torch.tensor(ar, dtype=torch.bool, device=device).expand(batch, -1)
+        # ar = [1]·starts + [0]·rest, built on the device (a CUDA graph cannot capture an H2D copy)
+        token_index = torch.arange(tokens.shape[1], device=device)
+        ar_mask = (token_index < num_block_starts).expand(batch, -1)
         return Suffix(tokens, pad_mask, ar_mask, cond)
 
     # ---- engine calls ------------------------------------------------------------------------
     @staticmethod
-    def suffix_positions(prefix: Prefix, suffix: Suffix) -> Tensor:
-        """`sum(unpruned prefix pad) + cumsum(suffix pad) − 1` -> [B, S]."""
-        return prefix.suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
+    def suffix_positions(suffix_offset: Tensor, suffix: Suffix) -> Tensor:
+        """`sum(unpruned prefix pad) + cumsum(suffix pad) − 1` -> [B, S] (offset = `Prefix.suffix_offset`)."""
+        return suffix_offset[:, None] + torch.cumsum(suffix.pad_mask.long(), dim=1) - 1
 
     def fill_prefix_cache(self, prefix: Prefix) -> PrefixCache:
         """Run the backbone over the prefix once; post-RoPE K/V per layer."""
@@ -319,13 +286,26 @@ class PI0Model(nn.Module):
         time_arithmetic: TimeArithmetic = "openpi",
     ) -> Tensor:
         """One velocity evaluation reading the prefix cache (never mutated). -> [B, H, A] fp32."""
-        suffix = self.embed_suffix(state, noisy_actions, time, time_arithmetic)
+        time_emb = self.time_embedding(time, time_arithmetic)
+        return self.velocity_from_cache(cache, prefix.suffix_offset, state, noisy_actions, time_emb)
+
+    def velocity_from_cache(
+        self,
+        cache: PrefixCache,
+        suffix_offset: Tensor,
+        state: Tensor | None,
+        noisy_actions: Tensor,
+        time_emb: Tensor,
+    ) -> Tensor:
+        """`denoise_step` from a precomputed time embedding (device work only: what the fast sampler
+        compiles and captures); `suffix_offset` [B] = `Prefix.suffix_offset`."""
+        suffix = self.embed_suffix_from_time_embedding(state, noisy_actions, time_emb)
         out = self.engine(
             None,
             suffix.tokens,
             pad_mask=suffix.pad_mask,
             ar_mask=suffix.ar_mask,
-            positions=self.suffix_positions(prefix, suffix),
+            positions=self.suffix_positions(suffix_offset, suffix),
             cache=cache,
             expert_cond=suffix.cond,
         )
@@ -361,7 +341,9 @@ class PI0Model(nn.Module):
             suffix.tokens,
             pad_mask=torch.cat([prefix.pad_mask, suffix.pad_mask], dim=1),
             ar_mask=torch.cat([prefix.ar_mask, suffix.ar_mask], dim=1),
-            positions=torch.cat([prefix.positions, self.suffix_positions(prefix, suffix)], dim=1),
+            positions=torch.cat(
+                [prefix.positions, self.suffix_positions(prefix.suffix_offset, suffix)], dim=1
+            ),
             expert_cond=suffix.cond,
         )
         assert out.suffix is not None
