@@ -66,7 +66,7 @@ class AsyncChunkRunner:
         finally:
             self._done.set()
 
-    def _collect(self) -> None:
+    def _collect(self, *, blocking: bool) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -76,12 +76,13 @@ class AsyncChunkRunner:
         if "server_timing" in reply:
             self.server_timing.append(dict(reply["server_timing"]))
         self.scheduler.receive(reply_chunk(reply), self._step)
-        self._recent.append(self.scheduler.stats.delays[-1])
+        if not blocking:  # a reply the world waited for says nothing about the delay
+            self._recent.append(self.scheduler.stats.delays[-1])
 
     def step(self, observation: dict[str, Any]) -> np.ndarray:
         scheduler = self.scheduler
         if scheduler.pending_since is not None and self._done.is_set():
-            self._collect()
+            self._collect(blocking=False)
         if scheduler.wants_request():
             rtc = scheduler.request(self._step, self.delay_estimate)
             request = dict(observation) if rtc is None else {**observation, "rtc": rtc}
@@ -89,7 +90,7 @@ class AsyncChunkRunner:
             threading.Thread(target=self._work, args=(request,), daemon=True).start()
             if scheduler.chunk is None or scheduler.config.mode == "sync":
                 self._done.wait()
-                self._collect()
+                self._collect(blocking=True)
         action = scheduler.next_action()
         self._step += 1
         return action
