@@ -36,6 +36,9 @@ def test_naive_switch_skips_the_stale_actions_and_measures_the_seam() -> None:
     scheduler.receive(_chunk(103), step=5)  # delay 2: new actions 0, 1 are stale
     assert scheduler.stats.delays == [0, 2]
     assert scheduler.next_action()[0] == 105
+    # Steady state: the next request goes out when the new chunk's action s = 3 is due (step 6),
+    # s steps after the previous request, not after s more executed actions.
+    assert scheduler.wants_request()
     assert scheduler.stats.seams == pytest.approx([np.hypot(101, 101)])  # 105 vs the last 4
 
 

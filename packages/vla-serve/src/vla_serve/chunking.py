@@ -5,9 +5,11 @@ caller's business (the wall-clock runner in `vla_serve.runner`, or a simulated d
 benchmark), so the same logic is exercised in both.
 
 Timeline, with chunk length L (actions from the observation's step on) and execution horizon s:
-a request is sent with the observation of step k once s actions of the current chunk have run;
-its reply arrives at step k + d (d = the measured inference delay in control steps), so the new
-chunk's actions 0 … d−1 are stale and execution resumes at its action d.
+a chunk's action i is due i steps after the observation it answers; a request is sent with the
+observation of the step the current chunk's action s is due at (so requests go out every s steps,
+as in the RTC paper); its reply arrives d steps later (d = the measured inference delay in control
+steps), so the new chunk's actions 0 … d−1 are stale and execution resumes at its action d. The
+old chunk must last until then: s + d <= L, else steps are "starved" (the last action repeats).
 - "sync": the world waits for inference (d = 0 by construction): the reference.
 - "naive": the new chunk simply replaces the old one at k + d (a jump at the seam).
 - "rtc": the request carries the old chunk's unexecuted actions, d and s, and the server inpaints
@@ -27,7 +29,8 @@ EXECUTION_MODES: tuple[str, ...] = get_args(ExecutionMode)
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    """`execution_horizon`: actions executed from a chunk before the next request (s).
+    """`execution_horizon`: s, the chunk index at which the next request is sent (the number of
+    actions a chunk contributes in steady state).
     `chunk_length`: actions per chunk counted from the observation's step (L)."""
 
     mode: ExecutionMode
@@ -74,7 +77,7 @@ class ChunkScheduler:
         """True when a request should be sent with the current step's observation."""
         if self.pending_since is not None:
             return False
-        return self.chunk is None or self.executed_from_chunk >= self.config.execution_horizon
+        return self.chunk is None or self.cursor >= self.config.execution_horizon
 
     def request(self, step: int, delay_estimate: int) -> dict[str, Any] | None:
         """Mark a request as sent at `step`; returns the `"rtc"` entry to send with it (rtc mode
