@@ -191,7 +191,7 @@ def main() -> None:
         f"\n{args.episodes} episodes/run, policy {args.checkpoint}, steps {served.metadata()['num_inference_steps']}"
     )
     print(
-        "| mode | d | success | mean max coverage | seam |Δa| | in-chunk |Δa| | seam / in-chunk |"
+        "| mode | d | success | mean max coverage | seam ‖Δa‖ | in-chunk ‖Δa‖ | seam / in-chunk |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in results:
