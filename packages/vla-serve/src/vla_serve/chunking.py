@@ -51,12 +51,14 @@ class ChunkingConfig:
 class ChunkStats:
     """Seams: |Δa| (L2) between the last action of the old chunk and the first of the new one;
     inner: |Δa| between consecutive actions of one chunk; delays: measured d per reply;
-    starved: steps that repeated the last action because no chunk had actions left."""
+    starved: steps that repeated the last action because no chunk had actions left;
+    requests: requests sent."""
 
     seams: list[float] = field(default_factory=list)
     inner: list[float] = field(default_factory=list)
     delays: list[int] = field(default_factory=list)
     starved: int = 0
+    requests: int = 0
 
 
 class ChunkScheduler:
@@ -83,6 +85,7 @@ class ChunkScheduler:
         """Mark a request as sent at `step`; returns the `"rtc"` entry to send with it (rtc mode
         with a current chunk), else None."""
         self.pending_since = step
+        self.stats.requests += 1
         if self.config.mode != "rtc" or self.chunk is None or self.remaining == 0:
             return None
         previous = self.chunk[self.cursor :].astype(np.float32)  # previous[0] is due at `step`

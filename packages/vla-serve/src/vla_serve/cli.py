@@ -102,6 +102,7 @@ def run_client(args: argparse.Namespace) -> dict[str, Any]:
     infer_ms = [t["infer_ms"] for t in runner.server_timing]
     return {
         "mode": args.mode,
+        "requests": stats.requests,
         "chunks": len(stats.delays),
         "delays_steps": stats.delays,
         "mean_seam_delta": statistics.fmean(stats.seams) if stats.seams else None,

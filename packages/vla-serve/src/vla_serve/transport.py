@@ -4,6 +4,7 @@ wire as `openpi_client.WebsocketClientPolicy`, without its numpy<2 pin)."""
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -23,6 +24,7 @@ class PolicyClient:
         self.uri = uri if uri.startswith("ws") else f"ws://{uri}"
         self.connect_timeout_s = connect_timeout_s
         self._connection: ClientConnection | None = None
+        self._stack = ExitStack()
         self.metadata: dict[str, Any] = {}
         self._connect()
 
@@ -30,8 +32,13 @@ class PolicyClient:
         deadline = time.monotonic() + self.connect_timeout_s
         while True:
             try:
-                self._connection = connect(
-                    self.uri, compression=None, max_size=None, open_timeout=self.connect_timeout_s
+                self._connection = self._stack.enter_context(
+                    connect(
+                        self.uri,
+                        compression=None,
+                        max_size=None,
+                        open_timeout=self.connect_timeout_s,
+                    )
                 )
                 break
             except OSError:
@@ -60,9 +67,8 @@ class PolicyClient:
         return unpackb(reply)
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self._stack.close()  # closes every connection opened (reconnects included)
+        self._connection = None
 
     def __enter__(self) -> PolicyClient:
         return self
