@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.exceptions import ConnectionClosedOK
+from websockets.frames import CloseCode
 from websockets.sync.client import connect
 
 from vla_serve.imf_policy import IMFServeConfig, IMFServedPolicy, load_imf_policy
@@ -65,8 +67,10 @@ def test_reconnect_after_server_restart(imf_checkpoint: Path) -> None:
     client = WebsocketClientPolicy(host="127.0.0.1", port=port)
     client.infer(_observation())
     first.stop()
-    with pytest.raises(Exception):  # noqa: B017 - the closed link surfaces as websockets' error
+    # Graceful shutdown: the server closed the link with a normal "going away" close.
+    with pytest.raises(ConnectionClosedOK) as info:
         client.infer(_observation())
+    assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.GOING_AWAY
     second = PolicyServer(policy, ServerConfig(port=port))
     second.start()
     try:
