@@ -25,6 +25,7 @@ from safetensors.torch import load_model
 from vla_core.rtc import RTCConfig
 from vla_imf import IMFPolicy, IMFPolicyConfig
 from vla_serve.arrays import float_array, require
+from vla_serve.errors import RequestError
 from vla_serve.rtc_request import parse_rtc_request
 
 WEIGHT_FILES = {True: "ema.safetensors", False: "model.safetensors"}
@@ -123,7 +124,7 @@ class IMFServedPolicy:
         arrays = {k: float_array(k, require(observation, k), tail) for k, tail in tails.items()}
         batch = {a.shape[0] for a in arrays.values()}
         if len(batch) != 1:
-            raise ValueError(f"observation keys disagree on the batch size: {sorted(batch)}")
+            raise RequestError(f"observation keys disagree on the batch size: {sorted(batch)}")
         unbatched = all(np.ndim(observation[k]) == len(t) for k, t in tails.items())
         rtc = parse_rtc_request(
             observation, chunk_length=self.chunk_length, action_dim=cfg.action_dim
@@ -132,8 +133,12 @@ class IMFServedPolicy:
         guidance = None
         if rtc is not None:
             previous = torch.from_numpy(rtc.previous_action).to(self.device)
-            if previous.shape[0] == 1 and next(iter(batch)) > 1:
-                previous = previous.expand(next(iter(batch)), -1, -1)
+            size = next(iter(batch))
+            if previous.shape[0] not in (1, size):
+                raise RequestError(
+                    f"'rtc.previous_action' has batch {previous.shape[0]}, observations {size}"
+                )
+            previous = previous.expand(size, -1, -1)
             guidance = self.policy.rtc_guidance(
                 previous,
                 inference_delay=rtc.inference_delay,

@@ -99,6 +99,8 @@ class PI0ServedPolicy:
             raise RequestError("'images' must be a map camera -> array")
         size = self.model.config.vision.image_size
         masks = observation.get("image_masks", {})
+        if not isinstance(masks, Mapping):
+            raise RequestError("'image_masks' must be a map camera -> bool")
         stacked, present = [], []
         for name in self.camera_names:
             key = f"images.{name}"
