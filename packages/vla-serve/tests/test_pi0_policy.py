@@ -95,3 +95,12 @@ def test_bad_requests_name_the_key(pi0_files: Path, change, expected: str) -> No
     with pytest.raises(RequestError) as info:
         _served(pi0_files, "vla").infer(request)
     assert expected in str(info.value)
+
+
+def test_warmup_leaves_the_sampler_state_as_it_found_it(pi0_files: Path) -> None:
+    warmed = _served(pi0_files, "vla")
+    warmed.warmup()
+    cold = _served(pi0_files, "vla")
+    np.testing.assert_array_equal(
+        warmed.infer(_request())["actions"], cold.infer(_request())["actions"]
+    )

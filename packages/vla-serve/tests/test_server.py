@@ -170,3 +170,12 @@ def test_rtc_request_pulls_the_frozen_actions(served: IMFServedPolicy) -> None:
     rtc = {"previous_action": target, "inference_delay": 2, "execution_horizon": 3}
     guided = served.infer({**_observation(), "rtc": rtc})["action_chunk"]
     assert np.abs(guided[:2] - 100).mean() < 0.5 * np.abs(plain[:2] - 100).mean()
+
+
+def test_warmup_leaves_the_sampler_state_as_it_found_it(imf_checkpoint: Path) -> None:
+    warmed = IMFServedPolicy(load_imf_policy(imf_checkpoint), IMFServeConfig(seed=3))
+    warmed.warmup()
+    cold = IMFServedPolicy(load_imf_policy(imf_checkpoint), IMFServeConfig(seed=3))
+    np.testing.assert_array_equal(
+        warmed.infer(_observation())["actions"], cold.infer(_observation())["actions"]
+    )

@@ -114,6 +114,15 @@ class IMFServedPolicy:
             },
         }
 
+    def warmup(self) -> None:
+        shapes = self.metadata()["observation_shapes"]
+        observation: dict[str, Any] = {k: np.zeros(v, np.float32) for k, v in shapes.items()}
+        self.infer(observation)
+        previous = np.zeros((self.chunk_length, self.policy.config.action_dim), np.float32)
+        rtc = {"previous_action": previous, "inference_delay": 1, "execution_horizon": 0}
+        self.infer({**observation, "rtc": rtc})
+        self.generator.manual_seed(self.config.seed)
+
     def infer(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
         cfg = self.policy.config
         assert cfg.lowdim_dims is not None

@@ -93,6 +93,22 @@ class PI0ServedPolicy:
             "num_steps": self.config.num_steps,
         }
 
+    def warmup(self) -> None:
+        cfg = self.model.config
+        size = cfg.vision.image_size
+        length = int(cfg.max_token_len)  # type: ignore[arg-type]
+        observation: dict[str, Any] = {
+            "images": {name: np.zeros((size, size, 3), np.uint8) for name in self.camera_names},
+            "state": np.zeros(self.norm_stats.state.dim, np.float32),
+            "tokenized_prompt": np.zeros(length, np.int64),
+            "tokenized_prompt_mask": np.ones(length, bool),
+        }
+        self.infer(observation)
+        previous = np.zeros((cfg.action_horizon, self.norm_stats.actions.dim), np.float32)
+        rtc = {"previous_action": previous, "inference_delay": 1, "execution_horizon": 0}
+        self.infer({**observation, "rtc": rtc})
+        self.generator.manual_seed(self.config.seed)
+
     def _images(self, observation: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         images = require(observation, "images")
         if not isinstance(images, Mapping):

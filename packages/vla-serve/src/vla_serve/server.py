@@ -43,12 +43,19 @@ class ServedPolicy(Protocol):
 
     def infer(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]: ...
 
+    def warmup(self) -> None:
+        """Run plain and RTC inference once on dummy input (lazy imports, allocator warm-up)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000  # openpi's default; 0 = any free port
     max_message_bytes: int = 64 * 2**20
+    # The first RTC request would otherwise pay torch's lazy autograd imports (seconds on a busy
+    # CPU) while a robot waits on it.
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -113,6 +120,10 @@ class PolicyServer:
             logger.exception("inference failed")
             return f"{type(e).__name__}: {e}"
 
+    def _warmup(self) -> None:
+        with self._infer_lock:
+            self.policy.warmup()
+
     def _infer(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
         with self._infer_lock:
             return self.policy.infer(observation)
@@ -122,6 +133,8 @@ class PolicyServer:
         """Serve until `stop` is set (or the task is cancelled); then close every connection
         (clients see a normal close) after answering the request in flight."""
         self._loop = asyncio.get_running_loop()
+        if self.config.warmup:
+            await asyncio.to_thread(self._warmup)
         stop = stop or asyncio.Event()
         self._stop = stop
         async with serve(
