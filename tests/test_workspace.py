@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["vla-prune", "vla-core", "vla-imf", "vla-convert", "vla-train"]
+PACKAGES = ["vla-prune", "vla-core", "vla-imf", "vla-convert", "vla-train", "vla-serve"]
 
 # Which siblings each package may declare (and therefore import).
 ALLOWED: dict[str, set[str]] = {
@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "vla-imf": {"vla-core"},
     "vla-convert": {"vla-core"},
     "vla-train": {"vla-core", "vla-prune", "vla-imf"},
+    "vla-serve": {"vla-core", "vla-imf", "vla-prune"},
 }
 
 

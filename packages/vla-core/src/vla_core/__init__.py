@@ -38,6 +38,17 @@ from vla_core.gemma3 import (
 from vla_core.layers import JointDecoderLayer, RMSNorm, StreamBlock
 from vla_core.masks import BlockCausalMask
 from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix
+from vla_core.rtc import (
+    PREFIX_SCHEDULES,
+    PrefixSchedule,
+    RTCConfig,
+    RTCGuidance,
+    flow_time,
+    guidance_weight,
+    guided_velocity,
+    paper_time,
+    prefix_weights,
+)
 from vla_core.time_arithmetic import (
     TIME_ARITHMETICS,
     TimeArithmetic,
@@ -51,6 +62,7 @@ __version__ = _version("vla-core")
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "GEMMA_PRESETS",
+    "PREFIX_SCHEDULES",
     "SIGLIP_PRESETS",
     "TIME_ARITHMETICS",
     "BlockCausalMask",
@@ -65,7 +77,10 @@ __all__ = [
     "PI0Model",
     "Prefix",
     "PrefixCache",
+    "PrefixSchedule",
     "RMSNorm",
+    "RTCConfig",
+    "RTCGuidance",
     "SiglipConfig",
     "Suffix",
     "TimeArithmetic",
@@ -75,9 +90,14 @@ __all__ = [
     "attend",
     "euler_time_grid",
     "flex_attention_available",
+    "flow_time",
     "gemma_config",
+    "guidance_weight",
+    "guided_velocity",
     "is_activation_checkpointed",
+    "paper_time",
     "posemb_sincos",
+    "prefix_weights",
     "remove_activation_checkpointing",
     "siglip_config",
     "validate_attention_implementation",

@@ -19,6 +19,7 @@ from vla_core.filters import ImageTokenFilter
 from vla_core.gemma3 import Gemma3EngineConfig, Gemma3JointEngine
 from vla_core.layers import RMSNorm
 from vla_core.observation import Observation
+from vla_core.rtc import RTCGuidance, guided_velocity
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
 
@@ -400,8 +401,12 @@ class PI0Model(nn.Module):
         num_steps: int = 10,
         *,
         time_arithmetic: TimeArithmetic = "openpi",
+        rtc: RTCGuidance | None = None,
     ) -> Tensor:
         """Prefix once, then `num_steps` Euler steps from t=1 (noise) to t=0. -> [B, H, A] fp32.
+
+        `rtc` inpaints the chunk onto the previous one (real-time chunking, `vla_core.rtc`): every
+        step then costs one extra backward pass through the action expert.
 
         `time_arithmetic="openpi"` (default) reproduces openpi's float32 time grid (`t += dt`) and
         time embedding, as the models converted from openpi checkpoints were trained; `"exact"`
@@ -421,8 +426,15 @@ class PI0Model(nn.Module):
         actions = noise.float()
         for t in times:
             time = torch.full((batch,), t, dtype=torch.float32, device=device)
-            velocity = self.denoise_step(
-                cache, prefix, observation.state, actions, time, time_arithmetic
-            )
-            actions = actions + dt * velocity.float()
+
+            def velocity_fn(x_t: Tensor, time: Tensor = time) -> Tensor:
+                return self.denoise_step(
+                    cache, prefix, observation.state, x_t, time, time_arithmetic
+                ).float()
+
+            if rtc is None:
+                velocity = velocity_fn(actions)
+            else:
+                velocity = guided_velocity(velocity_fn, actions, float(t), rtc)
+            actions = actions + dt * velocity
         return actions

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vla_core.rtc import RTCGuidance, guided_velocity
 from vla_imf.config import ObjectiveConfig
 
 # u(z [B,...], r [B], t [B]) -> [B,...]; the observation condition is closed over.
@@ -253,23 +254,49 @@ def _time_grid(steps: int, like: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample_mean_flow(u_fn: AverageVelocityFn, noise: Tensor, steps: int = 1) -> Tensor:
-    """MeanFlow sampler: `z_r = z_t − (t − r)·u(z_t, r, t)` on a grid 1 → 0 (1 step = 1 NFE)."""
+def sample_mean_flow(
+    u_fn: AverageVelocityFn, noise: Tensor, steps: int = 1, *, rtc: RTCGuidance | None = None
+) -> Tensor:
+    """MeanFlow sampler: `z_r = z_t − (t − r)·u(z_t, r, t)` on a grid 1 → 0 (1 step = 1 NFE).
+
+    `rtc` guides each step towards a previous chunk (`vla_core.rtc`). The guidance's data estimate
+    `z_t − t·u(z_t, r, t)` is exact on the last step (r = 0) and extrapolates the average velocity
+    on earlier ones; with one step the guidance acts once, at t = 1, where its weight is β."""
     grid = _time_grid(steps, noise)
     z = noise
     for t_value, r_value in itertools.pairwise(grid):
         t = t_value.expand(z.shape[0])
         r = r_value.expand(z.shape[0])
-        z = z - (t_value - r_value) * u_fn(z, r, t)
+
+        def velocity_fn(z_t: Tensor, r: Tensor = r, t: Tensor = t) -> Tensor:
+            return u_fn(z_t, r, t)
+
+        if rtc is None:
+            velocity = velocity_fn(z)
+        else:
+            velocity = guided_velocity(velocity_fn, z, float(t_value), rtc)
+        z = z - (t_value - r_value) * velocity
     return z
 
 
 @torch.no_grad()
-def sample_euler(u_fn: AverageVelocityFn, noise: Tensor, steps: int = 10) -> Tensor:
-    """Flow-matching Euler sampler on the instantaneous velocity `u(z, t, t)`, t: 1 → 0."""
+def sample_euler(
+    u_fn: AverageVelocityFn, noise: Tensor, steps: int = 10, *, rtc: RTCGuidance | None = None
+) -> Tensor:
+    """Flow-matching Euler sampler on the instantaneous velocity `u(z, t, t)`, t: 1 → 0.
+
+    `rtc` inpaints the sample onto a previous chunk (real-time chunking, `vla_core.rtc`)."""
     grid = _time_grid(steps, noise)
     z = noise
     for t_value, r_value in itertools.pairwise(grid):
         t = t_value.expand(z.shape[0])
-        z = z - (t_value - r_value) * u_fn(z, t, t)
+
+        def velocity_fn(z_t: Tensor, t: Tensor = t) -> Tensor:
+            return u_fn(z_t, t, t)
+
+        if rtc is None:
+            velocity = velocity_fn(z)
+        else:
+            velocity = guided_velocity(velocity_fn, z, float(t_value), rtc)
+        z = z - (t_value - r_value) * velocity
     return z

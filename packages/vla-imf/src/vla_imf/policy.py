@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from vla_core.checkpointing import apply_activation_checkpointing
+from vla_core.rtc import RTCConfig, RTCGuidance
 from vla_imf.backbones import CHECKPOINT_LAYER_TYPES, build_backbone
 from vla_imf.config import IMFPolicyConfig
 from vla_imf.encoders import ImageEncoder, LowDimEncoder
@@ -176,11 +177,13 @@ class IMFPolicy(nn.Module):
         *,
         generator: torch.Generator | None = None,
         num_inference_steps: int | None = None,
+        rtc: RTCGuidance | None = None,
     ) -> dict[str, Tensor]:
         """`{"action": [B, n_action_steps, Da], "action_pred": [B, horizon, Da]}`, unnormalised.
 
         `num_inference_steps` overrides the config's sampler steps for this call (a MeanFlow
-        model trained for 1 step can also be sampled on a finer grid, e.g. 2-NFE)."""
+        model trained for 1 step can also be sampled on a finer grid, e.g. 2-NFE).
+        `rtc` (from `rtc_guidance`) inpaints the chunk onto the previous one (real-time chunking)."""
         cfg = self.config
         steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
         if steps is None or steps < 1:
@@ -197,15 +200,50 @@ class IMFPolicy(nn.Module):
             return self.backbone(z, r, t, cond)
 
         if cfg.objective == "imf":
-            normalized = sample_mean_flow(u_fn, noise, steps)
+            normalized = sample_mean_flow(u_fn, noise, steps, rtc=rtc)
         else:
-            normalized = sample_euler(u_fn, noise, steps)
+            normalized = sample_euler(u_fn, noise, steps, rtc=rtc)
         action_pred = self.normalizer.unnormalize("action", normalized)
         start = cfg.n_obs_steps - 1
         return {
             "action": action_pred[:, start : start + cfg.n_action_steps],
             "action_pred": action_pred,
         }
+
+    def rtc_guidance(
+        self,
+        previous_action: Tensor,
+        *,
+        inference_delay: int,
+        execution_horizon: int,
+        config: RTCConfig,
+    ) -> RTCGuidance:
+        """Real-time-chunking target for `predict_action(rtc=...)`.
+
+        `previous_action [B, K, Da]` (unnormalised): the previous chunk's actions not yet executed,
+        `previous_action[:, 0]` due at the step the new `action[:, 0]` is for. The first
+        `inference_delay` are frozen, the overlap decays until `(horizon − n_obs_steps + 1) −
+        execution_horizon` (the executable tail of `action_pred`); the past steps of the window
+        (before `n_obs_steps − 1`) get no guidance."""
+        cfg = self.config
+        if previous_action.dim() != 3 or previous_action.shape[-1] != cfg.action_dim:
+            raise ValueError(
+                f"previous_action must be [B, K, {cfg.action_dim}], got "
+                f"{tuple(previous_action.shape)}"
+            )
+        start = cfg.n_obs_steps - 1
+        tail = cfg.horizon - start
+        guidance = RTCGuidance.from_previous_chunk(
+            self.normalizer.normalize("action", previous_action),
+            inference_delay=inference_delay,
+            execution_horizon=execution_horizon,
+            horizon=tail,
+            config=config,
+        )
+        past = guidance.target.new_zeros((previous_action.shape[0], start, cfg.action_dim))
+        target = torch.cat([past, guidance.target], dim=1)  # [B, horizon, Da]
+        weights = torch.cat([guidance.weights.new_zeros(start), guidance.weights])
+        return RTCGuidance(target, weights, config.max_guidance_weight)
 
     # ----------------------------------------------------------------------------- optimiser
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
