@@ -179,3 +179,19 @@ def test_warmup_leaves_the_sampler_state_as_it_found_it(imf_checkpoint: Path) ->
     np.testing.assert_array_equal(
         warmed.infer(_observation())["actions"], cold.infer(_observation())["actions"]
     )
+
+
+def test_block_frame_runs_are_refused_by_name(imf_checkpoint: Path, tmp_path: Path) -> None:
+    """A vla-train run trained with task.frame=block sees the T's frame: serving it raw with
+    world observations would drive the robot with wrong targets, so loading refuses it."""
+    import json
+    import shutil
+
+    run = tmp_path / "block_run"
+    shutil.copytree(imf_checkpoint, run)
+    config = run / "checkpoints" / "step_0000010" / "config.json"
+    payload = json.loads(config.read_text())
+    payload["hydra"] = {"task": {"frame": "block"}}
+    config.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"task\.frame='block'"):
+        load_imf_policy(run)

@@ -50,6 +50,14 @@ def load_imf_policy(
     payload = json.loads((directory / "config.json").read_text())
     if "policy" not in payload:
         raise KeyError(f"{directory / 'config.json'} has no 'policy' entry")
+    frame = ((payload.get("hydra") or {}).get("task") or {}).get("frame", "world")
+    if frame != "world":
+        # vla-train's `task.frame=block*` policies see observations and emit targets in the T's
+        # own frame (vla_train.pusht.frames); served raw they would be driven with world inputs.
+        raise ValueError(
+            f"{directory / 'config.json'}: trained with task.frame={frame!r}; vla-serve serves "
+            "world-frame policies only (train with task.frame=world)"
+        )
     config = IMFPolicyConfig(**payload["policy"])
     weights = directory / WEIGHT_FILES[use_ema]
     if use_ema and not weights.is_file():
