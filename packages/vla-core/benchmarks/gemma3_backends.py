@@ -25,8 +25,8 @@ from _harness import device, environment, run_cases, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vla_core.config import GemmaConfig
-from vla_core.gemma3 import Gemma3Config, Gemma3EngineConfig, Gemma3JointEngine
+from vla_core.config import Gemma3Config, Gemma3EngineConfig, GemmaConfig
+from vla_core.gemma3 import Gemma3JointEngine
 
 BACKBONE = Gemma3Config(
     width=256,

@@ -6,14 +6,18 @@ import json
 import pytest
 
 from vla_core import (
+    ENGINE_FAMILIES,
     GEMMA_PRESETS,
     GemmaConfig,
     JointEngineConfig,
     PI0Config,
     SiglipConfig,
+    engine_family,
+    gemma3_policy_config,
     gemma_config,
 )
 from vla_core._testing import tiny_pi0_config
+from vla_core.config import ENGINE_CONFIGS
 
 
 def test_presets_match_the_issue() -> None:
@@ -103,3 +107,38 @@ def test_replace_revalidates() -> None:
     assert config.replace(action_dim=3).action_dim == 3
     with pytest.raises(ValueError, match="action_horizon"):
         config.replace(action_horizon=-1)
+
+
+def _tiny_gemma3_config() -> PI0Config:
+    return gemma3_policy_config(
+        "pi05", backbone="gemma3_tiny", expert="gemma3_tiny_expert", vision="siglip_tiny"
+    )
+
+
+def test_engine_family_is_an_explicit_field_that_from_dict_dispatches_on() -> None:
+    gemma, gemma3 = tiny_pi0_config("pi05"), _tiny_gemma3_config()
+    assert (gemma.engine.family, gemma3.engine.family) == ("gemma", "gemma3")
+    for config in (gemma, gemma3):
+        data = json.loads(json.dumps(config.to_dict()))
+        assert engine_family(data["engine"]) == config.engine.family
+        restored = PI0Config.from_dict(data)
+        assert restored == config
+        assert type(restored.engine) is ENGINE_CONFIGS[config.engine.family][0]
+
+
+def test_dicts_without_family_still_load() -> None:
+    """vla-core 0.1 wrote no `family`: a Gemma-3 engine dict is the one with enforce_sliding_window."""
+    for config in (tiny_pi0_config("pi0"), _tiny_gemma3_config()):
+        data = config.to_dict()
+        del data["engine"]["family"]
+        assert PI0Config.from_dict(data) == config
+
+
+def test_wrong_family_is_rejected_naming_the_key() -> None:
+    data = tiny_pi0_config().to_dict()
+    data["engine"]["family"] = "llama"
+    with pytest.raises(ValueError, match=r"PI0Config.engine.family must be one of .*'llama'"):
+        PI0Config.from_dict(data)
+    with pytest.raises(ValueError, match=r"JointEngineConfig.family must be 'gemma', got 'gemma3'"):
+        JointEngineConfig(family="gemma3")
+    assert tuple(ENGINE_CONFIGS) == ENGINE_FAMILIES

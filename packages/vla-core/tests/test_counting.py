@@ -53,7 +53,7 @@ def test_cli_prints_the_seed_numbers(capsys) -> None:
 
 
 def test_gemma3_engine_count_equals_closed_form() -> None:
-    from vla_core.gemma3 import gemma3_policy_config
+    from vla_core.config import gemma3_policy_config
 
     for variant in ("pi0", "pi05"):
         tiny = gemma3_policy_config(

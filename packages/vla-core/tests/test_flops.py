@@ -81,7 +81,7 @@ def test_measure_flops_returns_result_and_breakdown() -> None:
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_flop_counter_equals_closed_form_gemma3_engine(variant) -> None:
     """The closed form holds for the Gemma-3 backbone too (q/k norms are not matmuls)."""
-    from vla_core.gemma3 import gemma3_policy_config
+    from vla_core.config import gemma3_policy_config
 
     config = gemma3_policy_config(
         variant, backbone="gemma3_tiny", expert="gemma3_tiny_expert", vision="siglip_tiny"

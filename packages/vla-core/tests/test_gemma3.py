@@ -20,14 +20,14 @@ from torch import nn
 import vla_core.layers as layers_module
 from vla_core import PI0Model, is_activation_checkpointed
 from vla_core._testing import random_actions, random_observation
-from vla_core.gemma3 import (
+from vla_core.config import (
     GEMMA3_EXPERT_PRESETS,
     GEMMA3_PRESETS,
     Gemma3Config,
     Gemma3EngineConfig,
-    Gemma3JointEngine,
     gemma3_policy_config,
 )
+from vla_core.gemma3 import Gemma3JointEngine
 from vla_core.layers import JointDecoderLayer, RMSNorm, rope_cos_sin
 
 BACKENDS = ("eager", "sdpa", "flex")

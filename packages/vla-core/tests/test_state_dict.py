@@ -396,7 +396,7 @@ def test_full_size_openpi_shapes_match_the_reference_table() -> None:
 
 
 def test_gemma3_engine_round_trips_in_the_vla_layout_only(tmp_path) -> None:
-    from vla_core.gemma3 import gemma3_policy_config
+    from vla_core.config import gemma3_policy_config
 
     config = gemma3_policy_config(
         backbone="gemma3_tiny",

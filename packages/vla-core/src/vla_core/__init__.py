@@ -14,27 +14,28 @@ from vla_core.checkpointing import (
     remove_activation_checkpointing,
 )
 from vla_core.config import (
+    GEMMA3_EXPERT_PRESETS,
+    GEMMA3_PRESETS,
     GEMMA_PRESETS,
     SIGLIP_PRESETS,
+    Gemma3Config,
+    Gemma3EngineConfig,
     GemmaConfig,
     JointEngineConfig,
     PI0Config,
     SiglipConfig,
+    engine_family,
+    gemma3_config,
+    gemma3_expert_config,
+    gemma3_policy_config,
     gemma_config,
     siglip_config,
 )
 from vla_core.engine import EngineOutput, JointEngine, PrefixCache
+from vla_core.engine_config import ENGINE_FAMILIES
+from vla_core.engine_factory import build_engine
 from vla_core.filters import ImageTokenFilter
-from vla_core.gemma3 import (
-    GEMMA3_EXPERT_PRESETS,
-    GEMMA3_PRESETS,
-    Gemma3Config,
-    Gemma3EngineConfig,
-    Gemma3JointEngine,
-    gemma3_config,
-    gemma3_expert_config,
-    gemma3_policy_config,
-)
+from vla_core.gemma3 import Gemma3JointEngine
 from vla_core.layers import JointDecoderLayer, RMSNorm, StreamBlock
 from vla_core.masks import BlockCausalMask
 from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix
@@ -50,6 +51,7 @@ __version__ = _version("vla-core")
 
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
+    "ENGINE_FAMILIES",
     "GEMMA_PRESETS",
     "SIGLIP_PRESETS",
     "TIME_ARITHMETICS",
@@ -73,6 +75,8 @@ __all__ = [
     "__version__",
     "apply_activation_checkpointing",
     "attend",
+    "build_engine",
+    "engine_family",
     "euler_time_grid",
     "flex_attention_available",
     "gemma_config",

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from vla_core.config import PI0Config
+from vla_core.flops import seed_setting_config
+from vla_core.pi0 import PI0Model
 
 __all__ = [
     "ParameterCount",
@@ -107,8 +109,6 @@ def count_model_parameters(model: nn.Module, config: PI0Config | None = None) ->
 
 def count_parameters(config: PI0Config) -> ParameterCount:
     """Build `PI0Model(config)` on the meta device and count its parameters by block."""
-    from vla_core.pi0 import PI0Model
-
     with torch.device("meta"):
         model = PI0Model(config)
     return count_model_parameters(model, config)
@@ -138,7 +138,9 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
 
     adaptive = config.is_pi05
     backbone_layer = gemma_layer(bb, False)
-    if _is_gemma3(config):  # + per-head q/k norms and the two sandwich norms around the MLP
+    if (
+        config.engine.family == "gemma3"
+    ):  # + per-head q/k norms and the two sandwich norms around the MLP
         backbone_layer += 2 * bb.head_dim + 2 * bb.width
     backbone = bb.vocab_size * bb.width + bb.depth * backbone_layer + bb.width
     expert_norm = (ex.width * 3 * ex.width + 3 * ex.width) if adaptive else ex.width
@@ -160,17 +162,9 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
     )
 
 
-def _is_gemma3(config: PI0Config) -> bool:
-    from vla_core.gemma3 import Gemma3EngineConfig
-
-    return isinstance(config.engine, Gemma3EngineConfig)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print the count of full-size pi0 in the seed's setting (action dim 16)."""
     del argv
-    from vla_core.flops import seed_setting_config
-
     print(count_parameters(seed_setting_config()).table())
     return 0
 

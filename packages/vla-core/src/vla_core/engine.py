@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vla_core.checkpointing import apply_activation_checkpointing
-from vla_core.config import JointEngineConfig
+from vla_core.engine_config import JointEngineConfig
 from vla_core.layers import JointDecoderLayer, RMSNorm, rope_cos_sin
 from vla_core.masks import BlockCausalMask
 

@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vla_core.config import PI0Config
+from vla_core.pi0 import Observation, PI0Model
 
 __all__ = [
     "FlopBreakdown",
@@ -285,8 +286,6 @@ def measure_sample_actions_flops(
     so this is the measured counterpart of `analytic_flops(config, ...)`. flex_attention cannot
     run on meta tensors; there the count uses sdpa (the same products).
     """
-    from vla_core.pi0 import Observation, PI0Model  # local: pi0 is the heavier import
-
     if torch.device(device).type == "meta" and config.engine.attention_implementation == "flex":
         config = config.replace(attention_implementation="sdpa")
 

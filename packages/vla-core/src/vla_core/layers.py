@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_core.attention import attend, validate_attention_implementation
-from vla_core.config import GemmaConfig
+from vla_core.engine_config import GemmaConfig
 
 __all__ = [
     "GemmaMLP",

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from vla_core.config import PI0Config
 from vla_core.engine import JointEngine, PrefixCache
+from vla_core.engine_factory import build_engine
 from vla_core.filters import ImageTokenFilter
-from vla_core.gemma3 import Gemma3EngineConfig, Gemma3JointEngine
 from vla_core.layers import RMSNorm
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
@@ -115,10 +115,7 @@ class PI0Model(nn.Module):
         self.multi_modal_projector = nn.Linear(config.vision.width, backbone.width)
         self.embed_tokens = nn.Embedding(backbone.vocab_size, backbone.width)
         cond_dim = expert.width if config.is_pi05 else None
-        if isinstance(config.engine, Gemma3EngineConfig):  # Gemma-3 backbone, same engine stack
-            self.engine: JointEngine = Gemma3JointEngine(config.engine, expert_cond_dim=cond_dim)
-        else:
-            self.engine = JointEngine(config.engine, expert_cond_dim=cond_dim)
+        self.engine: JointEngine = build_engine(config.engine, expert_cond_dim=cond_dim)
         self.action_in_proj = nn.Linear(config.action_dim, expert.width)
         self.action_out_proj = nn.Linear(expert.width, config.action_dim)
         if config.is_pi05:

@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from vla_core.config import PI0Config
+from vla_core.pi0 import PI0Model
 
 __all__ = [
     "CONFIG_FILE",
@@ -226,7 +227,7 @@ def rename_map(config: PI0Config, layout: str) -> dict[str, str]:
     in these layouts); its table lists the keys of the model built on the meta device.
     """
     _check_layout(layout)
-    if _has_gemma3_engine(config):
+    if config.engine.family == "gemma3":
         if layout != "vla":
             raise ValueError(
                 f"the {layout!r} layout exists for PaliGemma (Gemma) pi0 / pi0.5 only; a Gemma-3 "
@@ -247,16 +248,8 @@ def rename_map(config: PI0Config, layout: str) -> dict[str, str]:
     return {k: _openpi_to_transformers(v) for k, v in table.items()}
 
 
-def _has_gemma3_engine(config: PI0Config) -> bool:
-    from vla_core.gemma3 import Gemma3EngineConfig
-
-    return isinstance(config.engine, Gemma3EngineConfig)
-
-
 def _built_model_keys(config: PI0Config) -> list[str]:
     """State-dict keys of `PI0Model(config)`, built on the meta device (no memory)."""
-    from vla_core.pi0 import PI0Model
-
     with torch.device("meta"):
         return list(PI0Model(config).state_dict())
 
@@ -598,9 +591,7 @@ def load_pretrained(
     The model is built without running weight initialisers (transformers' `no_init_weights`),
     since the strict load overwrites every parameter; non-persistent buffers are built normally.
     """
-    from transformers.initialization import no_init_weights
-
-    from vla_core.pi0 import PI0Model  # local: pi0 imports this module's siblings
+    from transformers.initialization import no_init_weights  # lazy: heavy import
 
     directory = Path(directory)
     config = load_config(directory / CONFIG_FILE)
