@@ -38,7 +38,7 @@ from vla_core.filters import ImageTokenFilter
 from vla_core.gemma3 import Gemma3JointEngine
 from vla_core.layers import JointDecoderLayer, RMSNorm, StreamBlock
 from vla_core.masks import BlockCausalMask
-from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix
+from vla_core.pi0 import PARAMETER_GROUPS, Observation, PI0Model, Prefix, Suffix
 from vla_core.time_arithmetic import (
     TIME_ARITHMETICS,
     TimeArithmetic,
@@ -53,6 +53,7 @@ __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "ENGINE_FAMILIES",
     "GEMMA_PRESETS",
+    "PARAMETER_GROUPS",
     "SIGLIP_PRESETS",
     "TIME_ARITHMETICS",
     "BlockCausalMask",
@@ -100,8 +101,8 @@ from vla_core.flops import (
     analytic_flops,
     measure_flops,
     measure_sample_actions_flops,
-    seed_profiler_flops,
-    seed_setting_config,
+    profiler_matched_flops,
+    published_flops_config,
 )
 from vla_core.state_dict import (
     LAYOUTS,
@@ -137,11 +138,11 @@ __all__ += [
     "load_state_dict",
     "measure_flops",
     "measure_sample_actions_flops",
+    "profiler_matched_flops",
+    "published_flops_config",
     "rename_map",
     "save_config",
     "save_pretrained",
-    "seed_profiler_flops",
-    "seed_setting_config",
     "transformers_pi0_config",
     "unused_reference_keys",
 ]

@@ -4,7 +4,7 @@ Each matching submodule's forward becomes one `torch.utils.checkpoint.checkpoint
 use_reentrant=False)` unit while the module is in training mode and autograd is recording, so a
 step runs every layer body exactly twice (forward + one recompute). There is exactly one
 granularity: a matching module nested inside an already-wrapped one is left alone (lerobot nests
-checkpoints and recomputes every layer twice more; see the reference sheet §9).
+checkpoints and recomputes every layer twice more; lerobot `src/lerobot/policies/pi0/modeling_pi0.py`).
 `use_reentrant=False` keeps the RNG state (dropout) identical on recompute and works with DDP,
 FSDP hooks and keyword / non-tensor arguments.
 """

@@ -3,9 +3,10 @@
 The published pi0 numbers (openpi / lerobot checkpoints, Understanding-PI0) count the action
 expert's `lm_head` (vocab × expert width = 263,323,648 for pi0): the reference models allocate
 it and never use it. Our model does not allocate it, so a count reports both: `expert` (what we
-run) and `expert_with_lm_head` / `reference_total` (what the seed documents print):
+run) and `expert_with_lm_head` / `reference_total` (what openpi / lerobot checkpoints and
+Understanding-PI0 report):
 
-    python -m vla_core.counting          # full-size pi0, action dim 16 (the seed's setting)
+    python -m vla_core.counting          # full-size pi0, action dim 16 (published FLOPs setting)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from vla_core.config import PI0Config
-from vla_core.flops import seed_setting_config
+from vla_core.flops import published_flops_config
 from vla_core.pi0 import PI0Model
 
 __all__ = [
@@ -163,9 +164,9 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the count of full-size pi0 in the seed's setting (action dim 16)."""
+    """Print the count of full-size pi0 in the setting of the published FLOP count (action dim 16)."""
     del argv
-    print(count_parameters(seed_setting_config()).table())
+    print(count_parameters(published_flops_config()).table())
     return 0
 
 

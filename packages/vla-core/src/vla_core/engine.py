@@ -1,6 +1,7 @@
 """The two-stream engine: a stack of `JointDecoderLayer`s, final norms, and a read-only prefix cache.
 
-Three call modes, one layer implementation (reference sheet §3, §7):
+Three call modes, one layer implementation (openpi `src/openpi/models/pi0.py`:
+`compute_loss` runs the joint pass, `sample_actions` fills the prefix cache once):
 - joint   `engine(prefix, suffix, ...)`: pi0 training, full 2-D block-causal mask;
 - fill    `engine(prefix, None, ...)`: returns a `PrefixCache` of post-RoPE K/V per layer;
 - read    `engine(None, suffix, cache=...)`: attends to `[cache ; own K/V]`, concatenated locally,

@@ -1,6 +1,7 @@
 """Gemma-3 backbone + Gemma (v1, AdaRMS) action expert on the shared joint engine (pi06/pi07-style).
 
-Only the backbone's sublayers are new (reference sheet §2, §3): per-head `q_norm` / `k_norm` after
+Only the backbone's sublayers are new (transformers
+`models/gemma3/modeling_gemma3.py`, `Gemma3Attention` / `Gemma3DecoderLayer`): per-head `q_norm` / `k_norm` after
 the q/k projections and sandwich norms (`x + post_attn_norm(o)`, then
 `x + post_ffw_norm(mlp(pre_ffw_norm(x)))`). Everything else is the pi0 engine's: one
 `JointDecoderLayer` per depth (a real module owning both streams), the block-causal masks, the
@@ -23,7 +24,7 @@ as transformers' `Gemma3TextScaledWordEmbedding` does; nothing in the engine sca
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from vla_core.engine import JointEngine
 from vla_core.engine_config import GemmaConfig
@@ -87,6 +88,18 @@ class Gemma3StreamBlock(StreamBlock):
         hidden = hidden + self.post_attention_layernorm(attn_out)[0]
         mlp_out = self.mlp(self.pre_feedforward_layernorm(hidden)[0])
         return hidden + self.post_feedforward_layernorm(mlp_out)[0]
+
+    def output_only_modules(self) -> list[nn.Module]:
+        attn = self.self_attn
+        return [
+            attn.q_proj,
+            attn.q_norm,
+            attn.o_proj,
+            self.post_attention_layernorm,
+            self.pre_feedforward_layernorm,
+            self.mlp,
+            self.post_feedforward_layernorm,
+        ]
 
 
 class Gemma3JointEngine(JointEngine):
