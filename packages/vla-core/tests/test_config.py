@@ -44,7 +44,6 @@ def test_unknown_attention_implementation_names_the_allowed_ones() -> None:
         ({"action_dim": 0}, "action_dim"),
         ({"knowledge_insulation": True}, "knowledge_insulation"),
         ({"time_min_period": 5.0}, "time_min_period"),
-        ({"gradient_checkpointing": "yes"}, "gradient_checkpointing"),
     ],
 )
 def test_policy_field_validation(kwargs: dict, match: str) -> None:
@@ -71,17 +70,23 @@ def test_streams_must_share_heads_and_depth() -> None:
         JointEngineConfig(expert=expert)
 
 
-def test_policy_knobs_push_down_and_engine_values_survive_defaults() -> None:
-    engine = JointEngineConfig(attention_implementation="flex", gradient_checkpointing=True)
-    kept = PI0Config(engine=engine)  # policy knobs left at their default (None)
-    assert kept.engine.attention_implementation == "flex"
-    assert kept.engine.gradient_checkpointing is True
-    pushed = PI0Config(
-        engine=engine, attention_implementation="eager", gradient_checkpointing=False
-    )
+def test_policy_knob_pushes_down_and_engine_value_survives_default() -> None:
+    engine = JointEngineConfig(attention_implementation="flex")
+    assert PI0Config(engine=engine).engine.attention_implementation == "flex"
+    pushed = PI0Config(engine=engine, attention_implementation="eager")
     assert pushed.engine.attention_implementation == "eager"
-    assert pushed.engine.gradient_checkpointing is False  # the policy can also turn it off
-    assert PI0Config(gradient_checkpointing=True).engine.gradient_checkpointing is True
+
+
+def test_configs_carry_no_training_knobs_and_old_files_still_load() -> None:
+    config = tiny_pi0_config("pi05")
+    data = config.to_dict()
+    assert "gradient_checkpointing" not in data and "gradient_checkpointing" not in data["engine"]
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        PI0Config(gradient_checkpointing=True)  # type: ignore[call-arg]
+    old = {**data, "gradient_checkpointing": True}  # what vla-core 0.1 wrote
+    old["engine"] = {**data["engine"], "gradient_checkpointing": True}
+    with pytest.warns(DeprecationWarning, match=r"PI0Config.gradient_checkpointing is ignored"):
+        assert PI0Config.from_dict(old) == config
 
 
 def test_max_token_len_default_follows_variant() -> None:

@@ -202,7 +202,8 @@ def test_hydra_experiments_compose_into_configs() -> None:
             config = finetune_config_from_dict(block)  # type: ignore[arg-type]
             assert config.policy.variant == variant
         full = finetune_config_from_dict(block)  # type: ignore[arg-type]
-        assert full.policy.model_config().engine.gradient_checkpointing is True
+        assert full.policy.gradient_checkpointing is True
+        assert "gradient_checkpointing" not in full.policy.model_config().to_dict()["engine"]
     with pytest.raises(ValueError, match=r"unknown keys in vla\.policy"):
         finetune_config_from_dict({"policy": {"varient": "pi0"}, "data": {"root": "/x"}})
     with pytest.raises(ValueError, match="freeze"):

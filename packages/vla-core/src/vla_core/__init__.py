@@ -10,6 +10,7 @@ from vla_core.attention import (
 )
 from vla_core.checkpointing import (
     apply_activation_checkpointing,
+    has_activation_checkpointing,
     is_activation_checkpointed,
     remove_activation_checkpointing,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "euler_time_grid",
     "flex_attention_available",
     "gemma_config",
+    "has_activation_checkpointing",
     "is_activation_checkpointed",
     "posemb_sincos",
     "remove_activation_checkpointing",

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "apply_activation_checkpointing",
+    "has_activation_checkpointing",
     "is_activation_checkpointed",
     "remove_activation_checkpointing",
 ]
@@ -60,6 +61,11 @@ def apply_activation_checkpointing(module: nn.Module, layer_types: tuple[type, .
 
 def is_activation_checkpointed(module: nn.Module) -> bool:
     return bool(module.__dict__.get(_FLAG, False))
+
+
+def has_activation_checkpointing(module: nn.Module) -> bool:
+    """True when `module` or any submodule runs as a checkpoint unit (ask the tree, not a flag)."""
+    return any(is_activation_checkpointed(sub) for sub in module.modules())
 
 
 def remove_activation_checkpointing(module: nn.Module) -> int:

@@ -7,6 +7,7 @@ configs, dispatching on the engine's `family`. Layout follows openpi `pi0_config
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,9 +71,10 @@ ENGINE_CONFIGS: dict[str, tuple[type[JointEngineConfig], type[GemmaConfig]]] = {
 class PI0Config:
     """pi0 / pi0.5 policy configuration (defaults: full-size pi0 = PaliGemma-3B + Gemma-300M expert).
 
-    `attention_implementation` / `gradient_checkpointing` are the policy-level knobs: left at `None`
-    they keep whatever `engine` says; set, they are pushed down into `engine` (both directions, so
-    the policy can also turn an engine-level `True` off). The effective values live in `engine`.
+    `attention_implementation` is the policy-level knob: left at `None` it keeps whatever `engine`
+    says; set, it is pushed down into `engine`. Architecture only: activation checkpointing (and
+    compile, FSDP) are applied to a built model from outside
+    (`apply_activation_checkpointing(model, (JointDecoderLayer,))`).
     """
 
     variant: Literal["pi0", "pi05"] = "pi0"
@@ -85,7 +87,6 @@ class PI0Config:
     num_cameras: int = 3
     dtype: Literal["float32", "bfloat16"] = "float32"
     attention_implementation: str | None = None
-    gradient_checkpointing: bool | None = None
     knowledge_insulation: bool = False  # pi0.5 training: detach the prefix cache (action loss)
     time_beta_alpha: float = 1.5
     time_beta_beta: float = 1.0
@@ -115,20 +116,13 @@ class PI0Config:
             raise ValueError("PI0Config.time_beta_alpha / time_beta_beta must be > 0")
         if not 0 < self.time_min_period < self.time_max_period:
             raise ValueError("PI0Config needs 0 < time_min_period < time_max_period")
-        # Policy-level knobs push down into the engine; unset ones take the engine's value.
+        # The policy-level knob pushes down into the engine; unset, the engine's value stays.
         engine = self.engine
         if self.attention_implementation is not None:
             validate_attention_implementation(self.attention_implementation)
             engine = dataclasses.replace(
                 engine, attention_implementation=self.attention_implementation
             )
-        if self.gradient_checkpointing is not None:
-            if not isinstance(self.gradient_checkpointing, bool):
-                raise ValueError(
-                    "PI0Config.gradient_checkpointing must be a bool or None, "
-                    f"got {self.gradient_checkpointing!r}"
-                )
-            engine = dataclasses.replace(engine, gradient_checkpointing=self.gradient_checkpointing)
         object.__setattr__(self, "engine", engine)
 
     # ---- convenience views -------------------------------------------------------------------
@@ -155,10 +149,10 @@ class PI0Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PI0Config:
         """Inverse of `to_dict`; unknown keys raise (naming them) instead of being dropped."""
-        data = dict(data)
+        data = _without_training_knobs(dict(data), "PI0Config")
         _check_keys(cls, data, "PI0Config")
         if isinstance(data.get("engine"), dict):
-            engine = dict(data["engine"])
+            engine = _without_training_knobs(dict(data["engine"]), "PI0Config.engine")
             family = engine_family(engine)
             engine_cls, backbone_cls = ENGINE_CONFIGS[family]
             engine["family"] = family
@@ -188,6 +182,23 @@ def engine_family(engine: Mapping[str, Any]) -> str:
     return "gemma3" if "enforce_sliding_window" in engine else "gemma"
 
 
+# Training knobs that vla-core 0.1 wrote into config.json; read and ignored since 0.2.
+_REMOVED_TRAINING_KNOBS = ("gradient_checkpointing",)
+
+
+def _without_training_knobs(data: dict[str, Any], owner: str) -> dict[str, Any]:
+    for key in _REMOVED_TRAINING_KNOBS:
+        if key in data:
+            data.pop(key)
+            warnings.warn(
+                f"{owner}.{key} is ignored: configs describe architecture only since vla-core "
+                "0.2; apply it to the built model instead (vla_core.apply_activation_checkpointing)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    return data
+
+
 def _plain(changes: dict[str, Any]) -> dict[str, Any]:
     plain: dict[str, Any] = {}
     for key, value in changes.items():
@@ -210,7 +221,6 @@ def gemma3_policy_config(
     expert: str | GemmaConfig = "pi07_expert",
     vision: str | SiglipConfig = "so400m_14_448",
     attention_implementation: str = "sdpa",
-    gradient_checkpointing: bool = False,
     **policy_fields: Any,
 ) -> PI0Config:
     """A `PI0Config` (pi0 or pi0.5 head) on the Gemma-3 engine; `PI0Model` builds it. Presets by
@@ -219,7 +229,6 @@ def gemma3_policy_config(
         backbone=gemma3_config(backbone) if isinstance(backbone, str) else backbone,
         expert=gemma3_expert_config(expert) if isinstance(expert, str) else expert,
         attention_implementation=attention_implementation,
-        gradient_checkpointing=gradient_checkpointing,
     )
     if isinstance(vision, str):
         presets = {"so400m_14_448": SIGLIP_SO400M_448, **SIGLIP_PRESETS}

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from vla_core.checkpointing import apply_activation_checkpointing
 from vla_core.engine_config import JointEngineConfig
 from vla_core.layers import JointDecoderLayer, RMSNorm, rope_cos_sin
 from vla_core.masks import BlockCausalMask
@@ -105,8 +104,6 @@ class JointEngine(nn.Module):
         self.rope_bases: tuple[float, ...] = tuple(float(base) for base in rope_bases)
         self.backbone_norm = RMSNorm(config.backbone.width, config.backbone.rms_norm_eps)
         self.expert_norm = RMSNorm(config.expert.width, config.expert.rms_norm_eps, expert_cond_dim)
-        if config.gradient_checkpointing:
-            apply_activation_checkpointing(self, (JointDecoderLayer,))
 
     def forward(
         self,

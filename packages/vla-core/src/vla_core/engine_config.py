@@ -161,7 +161,6 @@ class JointEngineConfig:
     backbone: GemmaConfig = field(default_factory=lambda: GEMMA_PRESETS["gemma_2b"])
     expert: GemmaConfig = field(default_factory=lambda: GEMMA_PRESETS["gemma_300m"])
     attention_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
     rope_max_wavelength: float = 10_000.0
     family: EngineFamily = "gemma"
 
@@ -172,11 +171,6 @@ class JointEngineConfig:
                 f"(families: {ENGINE_FAMILIES})"
             )
         validate_attention_implementation(self.attention_implementation)
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(
-                "JointEngineConfig.gradient_checkpointing must be a bool, "
-                f"got {self.gradient_checkpointing!r}"
-            )
         shared = ("num_heads", "num_kv_heads", "head_dim", "depth")
         mismatched = [
             f"{name}: backbone {getattr(self.backbone, name)} != expert {getattr(self.expert, name)}"

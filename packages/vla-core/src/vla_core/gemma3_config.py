@@ -137,7 +137,7 @@ def gemma3_expert_config(name: str) -> GemmaConfig:
 @dataclass(frozen=True)
 class Gemma3EngineConfig(JointEngineConfig):
     """The two-stream engine with a Gemma-3 backbone. A `JointEngineConfig`, so `PI0Config`'s
-    policy-level `attention_implementation` / `gradient_checkpointing` push down unchanged.
+    policy-level `attention_implementation` pushes down unchanged.
 
     RoPE bases come per layer from `backbone` (`rope_max_wavelength` must stay at its default).
     `enforce_sliding_window`: the only supported value is False — sliding windows are not applied

@@ -16,9 +16,11 @@ from torch import nn
 
 from vla_core import (
     ENGINE_FAMILIES,
+    JointDecoderLayer,
     JointEngineConfig,
     PI0Config,
     PI0Model,
+    apply_activation_checkpointing,
     gemma3_policy_config,
     gemma_config,
     load_config,
@@ -122,10 +124,10 @@ class PolicyConfig:
 
     def model_config(self) -> PI0Config:
         """The PI0Config: from the checkpoint's config.json when there is one, else the presets;
-        the training knobs (attention, checkpointing, dtype, KI) always come from here."""
+        the knobs (attention, dtype, KI) always come from here. `gradient_checkpointing` is not
+        part of the model config: `build_policy` applies it to the built model."""
         knobs = {
             "attention_implementation": self.attention_implementation,
-            "gradient_checkpointing": self.gradient_checkpointing,
             "dtype": self.dtype,
             "knowledge_insulation": self.knowledge_insulation,
         }
@@ -215,7 +217,7 @@ def build_policy(
     config: PolicyConfig, *, device: torch.device | str = "cpu", seed: int = 0
 ) -> PI0Model:
     """Model (seeded init) -> pretrained weights (strict) -> chosen freezing -> LoRA ->
-    unreachable parameters frozen -> pruner."""
+    unreachable parameters frozen -> per-layer activation checkpointing -> pruner."""
     model_config = config.model_config()
     torch.manual_seed(seed)
     with torch.device(device):
@@ -227,6 +229,8 @@ def build_policy(
     if config.lora is not None:  # adapted projections freeze their base weight
         apply_lora(model, config.lora)
     freeze_unreachable(model)
+    if config.gradient_checkpointing:  # a training choice, applied from outside the model
+        apply_activation_checkpointing(model, (JointDecoderLayer,))
     if config.pruning.enabled:
         pruner = ImageTokenPruner(
             model_config.backbone.width, config.pruning.pruner_config(model_config.num_cameras)
