@@ -6,8 +6,6 @@ Euler from t=1 to 0 in `num_steps` steps with the prefix K/V cached once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal, cast
 
 import torch
@@ -18,6 +16,7 @@ from vla_core.config import PI0Config
 from vla_core.engine import JointEngine, PrefixCache
 from vla_core.engine_factory import build_engine
 from vla_core.filters import ImageTokenFilter
+from vla_core.inputs import Observation, Prefix, Suffix
 from vla_core.layers import JointDecoderLayer, RMSNorm
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
@@ -36,78 +35,6 @@ ACTION_PROJECTIONS = (
     "time_mlp_in",
     "time_mlp_out",
 )
-
-
-@dataclass
-class Observation:
-    """One batch of model inputs.
-
-    images: `[B, n_cams, 3, H, W]` in [-1, 1], or a dict camera name -> `[B, 3, H, W]` (sorted by
-    insertion order); image_masks: `[B, n_cams]` bool / dict of `[B]` (None = all present);
-    tokens / token_mask: `[B, T]` tokenized prompt (right-padded); state: `[B, state_dim]`
-    (pi0; pi0.5 carries the discretised state in the prompt and may leave it None).
-    """
-
-    images: Tensor | Mapping[str, Tensor]
-    tokens: Tensor
-    token_mask: Tensor
-    image_masks: Tensor | Mapping[str, Tensor] | None = None
-    state: Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.tokens.shape[0])
-
-    def stacked_images(self) -> tuple[Tensor, Tensor]:
-        """-> images [B, n_cams, 3, H, W], image_masks [B, n_cams] bool."""
-        if isinstance(self.images, Mapping):
-            names = list(self.images)
-            images = torch.stack([self.images[name] for name in names], dim=1)
-            if self.image_masks is None:
-                masks = None
-            elif isinstance(self.image_masks, Mapping):
-                missing = [name for name in names if name not in self.image_masks]
-                if missing:
-                    raise ValueError(f"image_masks has no entry for cameras {missing}")
-                masks = torch.stack([self.image_masks[name].bool() for name in names], dim=1)
-            else:
-                masks = self.image_masks.bool()
-        else:
-            images = self.images
-            if isinstance(self.image_masks, Mapping):
-                raise ValueError("image_masks must be a tensor when images is a tensor")
-            masks = None if self.image_masks is None else self.image_masks.bool()
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"images must be [B, n_cams, 3, H, W], got {tuple(images.shape)}")
-        if masks is None:
-            masks = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        if tuple(masks.shape) != tuple(images.shape[:2]):
-            raise ValueError(
-                f"image_masks must be [B, n_cams] = {tuple(images.shape[:2])}, got {tuple(masks.shape)}"
-            )
-        return images, masks
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """Embedded prefix: tokens [B, P, Dp], pad_mask / ar_mask / positions [B, P], and the
-    suffix position offset [B] = number of valid tokens of the *unpruned* prefix."""
-
-    tokens: Tensor
-    pad_mask: Tensor
-    ar_mask: Tensor
-    positions: Tensor
-    suffix_offset: Tensor
-
-
-@dataclass(frozen=True)
-class Suffix:
-    """Embedded suffix: tokens [B, S, De], pad_mask / ar_mask [B, S], AdaRMS cond (pi0.5)."""
-
-    tokens: Tensor
-    pad_mask: Tensor
-    ar_mask: Tensor
-    cond: Tensor | None
 
 
 class PI0Model(nn.Module):
