@@ -4,6 +4,7 @@ and what the architecture allows (see ../shared/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 import ast
+import sys
 import tomllib
 from pathlib import Path
 
@@ -115,6 +116,85 @@ def test_checker_catches_forbidden_declaration() -> None:
     assert dag_violations("vla-convert", declared, set()) == [
         "vla-convert declares vla-imf, which the DAG forbids",
         "vla-convert declares vla-train, which the DAG forbids",
+    ]
+
+
+# Import name -> distribution name, where they differ.
+DISTRIBUTION_OF_IMPORT = {
+    "PIL": "pillow",
+    "gym_pusht": "gym-pusht",
+    "hydra": "hydra-core",
+    "orbax": "orbax-checkpoint",
+}
+# Imports a package may make without declaring them: probed with importlib first, never installable
+# from the lock (flash-attn builds against the local CUDA toolkit).
+UNDECLARED_OPTIONAL: dict[str, set[str]] = {"vla-core": {"flash_attn"}}
+
+
+def declared_distributions(pyproject: dict) -> set[str]:
+    """Every distribution in `[project].dependencies` and the optional extras."""
+    requirements = list(pyproject["project"].get("dependencies", []))
+    for extra in pyproject["project"].get("optional-dependencies", {}).values():
+        requirements += extra
+    return {_requirement_name(r) for r in requirements}
+
+
+def imported_third_party(src: Path) -> dict[str, set[str]]:
+    """Distribution -> files under `src` that import it (absolute imports outside the standard
+    library and the workspace, module-level and function-level alike)."""
+    own = {p.replace("-", "_") for p in PACKAGES}
+    found: dict[str, set[str]] = {}
+    for path in sorted(src.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".", 1)[0]
+                if top in sys.stdlib_module_names or top in own or top == "__future__":
+                    continue
+                distribution = DISTRIBUTION_OF_IMPORT.get(top, top).lower().replace("_", "-")
+                found.setdefault(distribution, set()).add(path.relative_to(src).as_posix())
+    return found
+
+
+def undeclared_imports(
+    package: str, declared: set[str], imported: dict[str, set[str]]
+) -> list[str]:
+    allowed = {
+        DISTRIBUTION_OF_IMPORT.get(m, m).replace("_", "-")
+        for m in UNDECLARED_OPTIONAL.get(package, set())
+    }
+    return [
+        f"{package} imports {name} (in {sorted(files)}) without declaring it"
+        for name, files in sorted(imported.items())
+        if name not in declared and name not in allowed
+    ]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_third_party_imports_are_declared(package: str) -> None:
+    """Every third-party package a package's sources import is in its own pyproject (a transitive
+    dependency through a sibling does not count: the sibling may drop it)."""
+    directory = ROOT / "packages" / package
+    pyproject = tomllib.loads((directory / "pyproject.toml").read_text())
+    imported = imported_third_party(directory / "src" / package.replace("-", "_"))
+    assert undeclared_imports(package, declared_distributions(pyproject), imported) == []
+
+
+def test_third_party_checker_catches_undeclared_import(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text(
+        "import os\nimport numpy as np\nfrom PIL import Image\nfrom vla_core import x\n"
+        "def f():\n    import transformers.utils\n"
+    )
+    imported = imported_third_party(tmp_path)
+    assert imported == {"numpy": {"a.py"}, "pillow": {"a.py"}, "transformers": {"a.py"}}
+    assert undeclared_imports("vla-train", {"numpy", "pillow"}, imported) == [
+        "vla-train imports transformers (in ['a.py']) without declaring it"
     ]
 
 

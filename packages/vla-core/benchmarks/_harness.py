@@ -29,14 +29,11 @@ EXPERT = GemmaConfig(
 VISION = SiglipConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch_size=14, image_size=224)
 
 
-def reduced_pi0_config(
-    attention: str = "sdpa", checkpointing: bool = False, variant: str = "pi0"
-) -> PI0Config:
+def reduced_pi0_config(attention: str = "sdpa", variant: str = "pi0") -> PI0Config:
     engine = JointEngineConfig(
         backbone=BACKBONE,
         expert=EXPERT,
         attention_implementation=attention,
-        gradient_checkpointing=checkpointing,
     )
     return PI0Config(
         variant=variant,

@@ -21,7 +21,7 @@ from _harness import (
     write_json,
 )
 
-from vla_core import PI0Model
+from vla_core import JointDecoderLayer, PI0Model, apply_activation_checkpointing
 from vla_core._testing import random_actions, random_observation
 
 CASES = ["off", "on"]
@@ -31,10 +31,12 @@ def run_case(case: str, args) -> dict:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     dev = device()
-    config = reduced_pi0_config(attention="sdpa", checkpointing=case == "on", variant=args.variant)
+    config = reduced_pi0_config(attention="sdpa", variant=args.variant)
     if dev.type == "cuda":
         config = config.replace(dtype="bfloat16")
     model = PI0Model(config).to(dev).train()
+    if case == "on":
+        apply_activation_checkpointing(model, (JointDecoderLayer,))
     obs = random_observation(config, batch_size=args.batch, device=dev)
     actions = random_actions(config, batch_size=args.batch).to(dev)
     noise = torch.randn_like(actions)

@@ -23,8 +23,8 @@ from vla_core import (
     PI0Config,
     analytic_flops,
     measure_sample_actions_flops,
-    seed_profiler_flops,
-    seed_setting_config,
+    profiler_matched_flops,
+    published_flops_config,
 )
 
 PUBLISHED_SEED_TOTAL = 4_354_614_038_072
@@ -32,7 +32,7 @@ PUBLISHED_SEED_TOTAL = 4_354_614_038_072
 
 def settings() -> dict[str, tuple[PI0Config, int | None]]:
     """name -> (config, prompt tokens); 10 flow steps, batch 1 throughout."""
-    seed = seed_setting_config()
+    seed = published_flops_config()
     return {
         "pi0 seed (3 cams, 48 tok, act 16)": (seed, None),
         "pi0 2 cams (LIBERO)": (seed.replace(num_cameras=2), None),
@@ -68,7 +68,7 @@ def main() -> None:
                 "count_seconds": seconds,
             }
         )
-    profile = seed_profiler_flops(num_steps=args.steps)
+    profile = profiler_matched_flops(num_steps=args.steps)
 
     header = (
         f"{'setting':<40} {'P':>4} {'S':>3} {'measured GFLOP':>15} {'analytic GFLOP':>15} "

@@ -25,8 +25,10 @@ from _harness import device, environment, run_cases, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vla_core.config import GemmaConfig
-from vla_core.gemma3 import Gemma3Config, Gemma3EngineConfig, Gemma3JointEngine
+from vla_core.checkpointing import apply_activation_checkpointing
+from vla_core.config import Gemma3Config, Gemma3EngineConfig, GemmaConfig
+from vla_core.gemma3 import Gemma3JointEngine
+from vla_core.layers import JointDecoderLayer
 
 BACKBONE = Gemma3Config(
     width=256,
@@ -138,9 +140,10 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, float | None]:
         backbone=BACKBONE,
         expert=EXPERT,
         attention_implementation=backend,
-        gradient_checkpointing=checkpointing,
     )
     engine = Gemma3JointEngine(config, expert_cond_dim=EXPERT.width).to(dev, dtype)
+    if checkpointing:
+        apply_activation_checkpointing(engine, (JointDecoderLayer,))
     x = _inputs(args.batch, dev, dtype)
 
     def call():

@@ -33,10 +33,12 @@ def layer_calls(monkeypatch):
 
 def _train_step(variant, checkpointing, layer_calls):
     torch.manual_seed(0)
-    config = tiny_pi0_config(
-        variant, attention_implementation="sdpa", gradient_checkpointing=checkpointing
-    )
+    config = tiny_pi0_config(variant, attention_implementation="sdpa")
     model = PI0Model(config)
+    if checkpointing:  # applied from outside, after construction
+        assert apply_activation_checkpointing(model, (JointDecoderLayer,)) == len(
+            model.engine.layers
+        )
     if variant == "pi05":
         perturb_adarms(model, std=0.1)
     model.train()
@@ -69,16 +71,42 @@ def test_checkpointing_is_bit_identical_and_recomputes_once(variant, layer_calls
     assert with_grad > 0.9 * len(grads_off)
 
 
-def test_checkpointing_is_off_in_eval_and_without_grad(layer_calls) -> None:
-    config = tiny_pi0_config("pi0", gradient_checkpointing=True)
-    model = PI0Model(config)
-    obs = random_observation(config)
+def _checkpointed(model: PI0Model) -> PI0Model:
+    apply_activation_checkpointing(model, (JointDecoderLayer,))
+    return model
+
+
+def _loss_calls(model, config, layer_calls, *, backward: bool) -> int:
+    obs, actions = random_observation(config), random_actions(config)
     layer_calls["calls"] = 0
-    model.eval()
-    model.sample_actions(obs, num_steps=2)
-    assert (
-        layer_calls["calls"] == 3 * config.engine.backbone.depth
-    )  # prefix + 2 steps, no recompute
+    loss = model(obs, actions, noise=torch.randn_like(actions), time=torch.tensor([0.3, 0.7]))
+    if backward:
+        loss.mean().backward()
+    return layer_calls["calls"]
+
+
+def test_checkpointing_is_off_without_grad_in_training_mode(layer_calls) -> None:
+    config = tiny_pi0_config("pi0")
+    model = _checkpointed(PI0Model(config)).train()
+    with torch.no_grad():
+        calls = _loss_calls(model, config, layer_calls, backward=False)
+    assert calls == config.engine.backbone.depth  # one joint engine call, nothing recomputed
+
+
+def test_checkpointing_is_off_in_eval_mode_with_grad(layer_calls) -> None:
+    config = tiny_pi0_config("pi0")
+    model = _checkpointed(PI0Model(config)).eval()
+    assert torch.is_grad_enabled()
+    calls = _loss_calls(model, config, layer_calls, backward=True)
+    assert calls == config.engine.backbone.depth  # backward ran without a recompute
+
+
+def test_sampling_runs_each_layer_once_per_engine_call(layer_calls) -> None:
+    config = tiny_pi0_config("pi0")
+    model = _checkpointed(PI0Model(config)).eval()
+    layer_calls["calls"] = 0
+    model.sample_actions(random_observation(config), num_steps=2)
+    assert layer_calls["calls"] == 3 * config.engine.backbone.depth  # prefix + 2 steps
 
 
 class _Block(nn.Module):

@@ -6,14 +6,18 @@ import json
 import pytest
 
 from vla_core import (
+    ENGINE_FAMILIES,
     GEMMA_PRESETS,
     GemmaConfig,
     JointEngineConfig,
     PI0Config,
     SiglipConfig,
+    engine_family,
+    gemma3_policy_config,
     gemma_config,
 )
 from vla_core._testing import tiny_pi0_config
+from vla_core.config import ENGINE_CONFIGS
 
 
 def test_presets_match_the_issue() -> None:
@@ -40,7 +44,6 @@ def test_unknown_attention_implementation_names_the_allowed_ones() -> None:
         ({"action_dim": 0}, "action_dim"),
         ({"knowledge_insulation": True}, "knowledge_insulation"),
         ({"time_min_period": 5.0}, "time_min_period"),
-        ({"gradient_checkpointing": "yes"}, "gradient_checkpointing"),
     ],
 )
 def test_policy_field_validation(kwargs: dict, match: str) -> None:
@@ -67,17 +70,23 @@ def test_streams_must_share_heads_and_depth() -> None:
         JointEngineConfig(expert=expert)
 
 
-def test_policy_knobs_push_down_and_engine_values_survive_defaults() -> None:
-    engine = JointEngineConfig(attention_implementation="flex", gradient_checkpointing=True)
-    kept = PI0Config(engine=engine)  # policy knobs left at their default (None)
-    assert kept.engine.attention_implementation == "flex"
-    assert kept.engine.gradient_checkpointing is True
-    pushed = PI0Config(
-        engine=engine, attention_implementation="eager", gradient_checkpointing=False
-    )
+def test_policy_knob_pushes_down_and_engine_value_survives_default() -> None:
+    engine = JointEngineConfig(attention_implementation="flex")
+    assert PI0Config(engine=engine).engine.attention_implementation == "flex"
+    pushed = PI0Config(engine=engine, attention_implementation="eager")
     assert pushed.engine.attention_implementation == "eager"
-    assert pushed.engine.gradient_checkpointing is False  # the policy can also turn it off
-    assert PI0Config(gradient_checkpointing=True).engine.gradient_checkpointing is True
+
+
+def test_configs_carry_no_training_knobs_and_old_files_still_load() -> None:
+    config = tiny_pi0_config("pi05")
+    data = config.to_dict()
+    assert "gradient_checkpointing" not in data and "gradient_checkpointing" not in data["engine"]
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        PI0Config(gradient_checkpointing=True)  # type: ignore[call-arg]
+    old = {**data, "gradient_checkpointing": True}  # what vla-core 0.1 wrote
+    old["engine"] = {**data["engine"], "gradient_checkpointing": True}
+    with pytest.warns(DeprecationWarning, match=r"PI0Config.gradient_checkpointing is ignored"):
+        assert PI0Config.from_dict(old) == config
 
 
 def test_max_token_len_default_follows_variant() -> None:
@@ -103,3 +112,38 @@ def test_replace_revalidates() -> None:
     assert config.replace(action_dim=3).action_dim == 3
     with pytest.raises(ValueError, match="action_horizon"):
         config.replace(action_horizon=-1)
+
+
+def _tiny_gemma3_config() -> PI0Config:
+    return gemma3_policy_config(
+        "pi05", backbone="gemma3_tiny", expert="gemma3_tiny_expert", vision="siglip_tiny"
+    )
+
+
+def test_engine_family_is_an_explicit_field_that_from_dict_dispatches_on() -> None:
+    gemma, gemma3 = tiny_pi0_config("pi05"), _tiny_gemma3_config()
+    assert (gemma.engine.family, gemma3.engine.family) == ("gemma", "gemma3")
+    for config in (gemma, gemma3):
+        data = json.loads(json.dumps(config.to_dict()))
+        assert engine_family(data["engine"]) == config.engine.family
+        restored = PI0Config.from_dict(data)
+        assert restored == config
+        assert type(restored.engine) is ENGINE_CONFIGS[config.engine.family][0]
+
+
+def test_dicts_without_family_still_load() -> None:
+    """vla-core 0.1 wrote no `family`: a Gemma-3 engine dict is the one with enforce_sliding_window."""
+    for config in (tiny_pi0_config("pi0"), _tiny_gemma3_config()):
+        data = config.to_dict()
+        del data["engine"]["family"]
+        assert PI0Config.from_dict(data) == config
+
+
+def test_wrong_family_is_rejected_naming_the_key() -> None:
+    data = tiny_pi0_config().to_dict()
+    data["engine"]["family"] = "llama"
+    with pytest.raises(ValueError, match=r"PI0Config.engine.family must be one of .*'llama'"):
+        PI0Config.from_dict(data)
+    with pytest.raises(ValueError, match=r"JointEngineConfig.family must be 'gemma', got 'gemma3'"):
+        JointEngineConfig(family="gemma3")
+    assert tuple(ENGINE_CONFIGS) == ENGINE_FAMILIES

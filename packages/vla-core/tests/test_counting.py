@@ -11,12 +11,12 @@ from vla_core.counting import (
     count_parameters,
     main,
 )
-from vla_core.flops import seed_setting_config
+from vla_core.flops import published_flops_config
 from vla_core.pi0 import PI0Model
 
 
 def test_full_size_pi0_matches_the_seed_numbers() -> None:
-    count = count_parameters(seed_setting_config())
+    count = count_parameters(published_flops_config())
     assert count.vision == 412_442_352
     assert count.backbone == 2_508_531_712
     assert count.expert_with_lm_head == 574_788_608
@@ -30,7 +30,7 @@ def test_full_size_pi0_matches_the_seed_numbers() -> None:
 
 def test_meta_count_equals_closed_form_for_pi0_and_pi05() -> None:
     for variant in ("pi0", "pi05"):
-        config = seed_setting_config().replace(variant=variant)
+        config = published_flops_config().replace(variant=variant)
         assert count_parameters(config) == analytic_parameter_count(config)
         tiny = tiny_pi0_config(variant)
         assert count_parameters(tiny) == analytic_parameter_count(tiny)
@@ -38,7 +38,7 @@ def test_meta_count_equals_closed_form_for_pi0_and_pi05() -> None:
 
 def test_model_has_no_expert_lm_head_or_embedding() -> None:
     with torch.device("meta"):
-        model = PI0Model(seed_setting_config())
+        model = PI0Model(published_flops_config())
     names = [name for name, _ in model.named_parameters()]
     assert not [n for n in names if "lm_head" in n]
     assert [n for n in names if "embed_tokens" in n] == ["embed_tokens.weight"]  # backbone only
@@ -53,7 +53,7 @@ def test_cli_prints_the_seed_numbers(capsys) -> None:
 
 
 def test_gemma3_engine_count_equals_closed_form() -> None:
-    from vla_core.gemma3 import gemma3_policy_config
+    from vla_core.config import gemma3_policy_config
 
     for variant in ("pi0", "pi05"):
         tiny = gemma3_policy_config(

@@ -10,8 +10,8 @@ from vla_core.flops import (
     analytic_flops,
     measure_flops,
     measure_sample_actions_flops,
-    seed_profiler_flops,
-    seed_setting_config,
+    profiler_matched_flops,
+    published_flops_config,
 )
 
 SEED_PROFILER_TOTAL = 4_354_614_038_072  # Understanding-PI0 reports/flops.log, exact
@@ -20,7 +20,7 @@ FULL_TOTAL = 4_379_061_288_960  # + SigLIP attention 24,461,180,928 + patch conv
 
 
 def test_analytic_blocks_match_the_profiler_rows() -> None:
-    flops = analytic_flops(seed_setting_config())
+    flops = analytic_flops(published_flops_config())
     assert (flops.prefix_tokens, flops.suffix_tokens, flops.steps) == (816, 51, 10)
     assert flops.vision_linear + flops.projector == 635_028_111_360
     assert flops.prefix == 3_332_496_162_816
@@ -32,7 +32,7 @@ def test_analytic_blocks_match_the_profiler_rows() -> None:
 
 
 def test_seed_profiler_total_is_reproduced_exactly() -> None:
-    profile = seed_profiler_flops()
+    profile = profiler_matched_flops()
     assert profile["total"] == SEED_PROFILER_TOTAL
     assert profile["matmuls"] == SEED_MATMULS
     # what the profiler missed is exactly the gap to the full count (minus its element-wise part)
@@ -42,17 +42,17 @@ def test_seed_profiler_total_is_reproduced_exactly() -> None:
 
 def test_seed_profiler_rejects_pi05() -> None:
     with pytest.raises(ValueError, match="pi05"):
-        seed_profiler_flops(seed_setting_config().replace(variant="pi05"))
+        profiler_matched_flops(published_flops_config().replace(variant="pi05"))
 
 
 def test_two_cameras_match_clp() -> None:
-    flops = analytic_flops(seed_setting_config().replace(num_cameras=2))
+    flops = analytic_flops(published_flops_config().replace(num_cameras=2))
     assert round(flops.total / 1e9, 1) == 3073.0
 
 
 def test_flop_counter_equals_closed_form_full_size_pi0() -> None:
     """FlopCounterMode on the meta-device full-size model, the seed's setting."""
-    measured = measure_sample_actions_flops(seed_setting_config())
+    measured = measure_sample_actions_flops(published_flops_config())
     assert measured.total == FULL_TOTAL
 
 
@@ -81,7 +81,7 @@ def test_measure_flops_returns_result_and_breakdown() -> None:
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_flop_counter_equals_closed_form_gemma3_engine(variant) -> None:
     """The closed form holds for the Gemma-3 backbone too (q/k norms are not matmuls)."""
-    from vla_core.gemma3 import gemma3_policy_config
+    from vla_core.config import gemma3_policy_config
 
     config = gemma3_policy_config(
         variant, backbone="gemma3_tiny", expert="gemma3_tiny_expert", vision="siglip_tiny"

@@ -18,16 +18,16 @@ import torch
 from torch import nn
 
 import vla_core.layers as layers_module
-from vla_core import PI0Model, is_activation_checkpointed
+from vla_core import PI0Model, apply_activation_checkpointing, is_activation_checkpointed
 from vla_core._testing import random_actions, random_observation
-from vla_core.gemma3 import (
+from vla_core.config import (
     GEMMA3_EXPERT_PRESETS,
     GEMMA3_PRESETS,
     Gemma3Config,
     Gemma3EngineConfig,
-    Gemma3JointEngine,
     gemma3_policy_config,
 )
+from vla_core.gemma3 import Gemma3JointEngine
 from vla_core.layers import JointDecoderLayer, RMSNorm, rope_cos_sin
 
 BACKENDS = ("eager", "sdpa", "flex")
@@ -35,13 +35,10 @@ TINY = GEMMA3_PRESETS["gemma3_tiny"]
 TINY_EXPERT = GEMMA3_EXPERT_PRESETS["gemma3_tiny_expert"]
 
 
-def engine_config(attention: str = "eager", checkpointing: bool = False, **backbone_changes):
+def engine_config(attention: str = "eager", **backbone_changes):
     backbone = dataclasses.replace(TINY, **backbone_changes) if backbone_changes else TINY
     return Gemma3EngineConfig(
-        backbone=backbone,
-        expert=TINY_EXPERT,
-        attention_implementation=attention,
-        gradient_checkpointing=checkpointing,
+        backbone=backbone, expert=TINY_EXPERT, attention_implementation=attention
     )
 
 
@@ -331,7 +328,9 @@ def layer_calls(monkeypatch):
 
 
 def _engine_train_step(checkpointing: bool, layer_calls):
-    engine = build_engine(engine_config("sdpa", checkpointing))
+    engine = build_engine(engine_config("sdpa"))
+    if checkpointing:  # applied from outside, after construction
+        apply_activation_checkpointing(engine, (JointDecoderLayer,))
     engine.train()
     inputs = joint_inputs()
     inputs["prefix"].requires_grad_(True)
@@ -376,26 +375,23 @@ def tiny_policy_config(**policy_fields):
 
 
 def test_policy_level_knobs_reach_the_engine() -> None:
-    explicit = tiny_policy_config(attention_implementation="flex", gradient_checkpointing=True)
-    # Policy-level knobs at their defaults (None): explicit engine-level values survive.
-    assert explicit.attention_implementation is None and explicit.gradient_checkpointing is None
+    explicit = tiny_policy_config(attention_implementation="flex")
+    # The policy-level knob at its default (None): the explicit engine-level value survives.
+    assert explicit.attention_implementation is None
     assert isinstance(explicit.engine, Gemma3EngineConfig)
     assert explicit.engine.attention_implementation == "flex"
-    assert explicit.engine.gradient_checkpointing is True
     model = PI0Model(explicit)
     assert isinstance(model.engine, Gemma3JointEngine)
     assert all(layer.attention_implementation == "flex" for layer in model.engine.layers)
+    assert not any(is_activation_checkpointed(layer) for layer in model.engine.layers)
+    apply_activation_checkpointing(model, (JointDecoderLayer,))
     assert all(is_activation_checkpointed(layer) for layer in model.engine.layers)
-    # Set at the policy level, they are pushed down (also turning an engine-level True off).
-    pushed = dataclasses.replace(
-        explicit, attention_implementation="eager", gradient_checkpointing=False
-    )
+    # Set at the policy level, it is pushed down.
+    pushed = dataclasses.replace(explicit, attention_implementation="eager")
     assert isinstance(pushed.engine, Gemma3EngineConfig)
     assert pushed.engine.attention_implementation == "eager"
-    assert pushed.engine.gradient_checkpointing is False
     model = PI0Model(pushed)
     assert all(layer.attention_implementation == "eager" for layer in model.engine.layers)
-    assert not any(is_activation_checkpointed(layer) for layer in model.engine.layers)
     with pytest.raises(ValueError, match="attention_implementation"):
         tiny_policy_config(attention_implementation="garbage")
     with pytest.raises(ValueError, match="attention_implementation"):

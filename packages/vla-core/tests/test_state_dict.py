@@ -43,7 +43,7 @@ def _model(variant: str = "pi0", seed: int = 0) -> PI0Model:
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_config_round_trip(tmp_path, variant) -> None:
-    config = tiny_pi0_config(variant, attention_implementation="sdpa", gradient_checkpointing=True)
+    config = tiny_pi0_config(variant, attention_implementation="sdpa", knowledge_insulation=False)
     save_config(config, tmp_path / CONFIG_FILE)
     assert load_config(tmp_path) == config
     assert [p.name for p in tmp_path.iterdir()] == [CONFIG_FILE]  # no temp file left
@@ -396,7 +396,7 @@ def test_full_size_openpi_shapes_match_the_reference_table() -> None:
 
 
 def test_gemma3_engine_round_trips_in_the_vla_layout_only(tmp_path) -> None:
-    from vla_core.gemma3 import gemma3_policy_config
+    from vla_core.config import gemma3_policy_config
 
     config = gemma3_policy_config(
         backbone="gemma3_tiny",

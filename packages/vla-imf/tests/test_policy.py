@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vla_core.checkpointing import is_activation_checkpointed
+from vla_core.checkpointing import apply_activation_checkpointing, is_activation_checkpointed
 from vla_imf import AttnResOperator, IMFPolicy, ObjectiveConfig
 from vla_imf._testing import pusht_stats, random_batch, tiny_policy_config
+from vla_imf.backbones import CHECKPOINT_LAYER_TYPES
 
 
 def _policy(**overrides: object) -> IMFPolicy:
@@ -151,6 +152,27 @@ def test_gradient_checkpointing_gives_identical_loss_and_gradients(backbone: str
     batch = random_batch(plain.config, batch=3)
     results = []
     for policy in (plain, ckpt):
+        torch.manual_seed(4)
+        loss = policy.compute_loss(batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["attnres_full", "vanilla"])
+def test_checkpointing_applied_from_outside_is_seen_by_the_loss(backbone: str) -> None:
+    """The iMF loss asks the module tree whether it is checkpointed (no config flag involved)."""
+    torch.manual_seed(3)
+    plain = _policy(backbone=backbone)
+    outside = IMFPolicy(tiny_policy_config(backbone=backbone))
+    outside.load_state_dict(plain.state_dict())
+    assert apply_activation_checkpointing(outside.backbone, CHECKPOINT_LAYER_TYPES[backbone]) > 0
+    assert not outside.config.gradient_checkpointing
+    batch = random_batch(plain.config, batch=3)
+    results = []
+    for policy in (plain, outside):
         torch.manual_seed(4)
         loss = policy.compute_loss(batch)
         loss.backward()

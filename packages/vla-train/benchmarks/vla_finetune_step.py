@@ -24,7 +24,15 @@ from typing import Any
 
 import torch
 
-from vla_core import GemmaConfig, JointEngineConfig, PI0Config, PI0Model, SiglipConfig
+from vla_core import (
+    GemmaConfig,
+    JointDecoderLayer,
+    JointEngineConfig,
+    PI0Config,
+    PI0Model,
+    SiglipConfig,
+    apply_activation_checkpointing,
+)
 from vla_core._testing import perturb_adarms, random_observation
 from vla_prune import ImageTokenPruner, NoiseSchedule, PrunerConfig
 
@@ -37,16 +45,16 @@ EXPERT = GemmaConfig(
 VISION = SiglipConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch_size=14, image_size=224)
 
 
-def model_config(attention: str, ckpt: bool, full: bool) -> PI0Config:
+def model_config(attention: str, full: bool) -> PI0Config:
     if full:
         return PI0Config(
-            variant="pi05", attention_implementation=attention, gradient_checkpointing=ckpt,
-            dtype="bfloat16", max_token_len=48,
+            variant="pi05", attention_implementation=attention, dtype="bfloat16",
+            max_token_len=48,
         )  # fmt: skip
     engine = JointEngineConfig(backbone=BACKBONE, expert=EXPERT)
     return PI0Config(
         variant="pi05", engine=engine, vision=VISION, num_cameras=3, max_token_len=48,
-        attention_implementation=attention, gradient_checkpointing=ckpt,
+        attention_implementation=attention,
     )  # fmt: skip
 
 
@@ -74,9 +82,11 @@ class Case:
         self.args = args
         self.key = {"attention": attention, "checkpointing": ckpt, "pruning": prune}
         torch.manual_seed(0)
-        config = model_config(attention, ckpt, args.full)
+        config = model_config(attention, args.full)
         with self.device:
             self.model = PI0Model(config)
+        if ckpt:
+            apply_activation_checkpointing(self.model, (JointDecoderLayer,))
         perturb_adarms(self.model)
         self.pruner = None
         if prune:

@@ -9,12 +9,7 @@ from importlib import resources
 import pytest
 from omegaconf import OmegaConf
 
-import vla_imf
 from vla_train.trainer._testing import compose_config
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(vla_imf, "IMFPolicyConfig"), reason="vla_imf.IMFPolicyConfig not landed yet"
-)
 
 
 def _group(name: str) -> list[str]:

@@ -148,6 +148,36 @@ def test_two_process_runs_match_one_process(
     assert exported.config.variant == "pi05"
 
 
+def tiny_gemma3_policy(variant: str = "pi05", **overrides: object) -> PolicyConfig:
+    return tiny_policy(
+        variant, family="gemma3", backbone="gemma3_tiny", expert="gemma3_tiny_expert", **overrides
+    )
+
+
+def test_gemma3_policy_fine_tunes_and_two_ddp_processes_match_one(
+    dataset_root: Path, tmp_path: Path
+) -> None:
+    """A tiny Gemma-3 pi0.5: one process lowers the loss and exports a loadable Gemma-3 model with
+    the last layer's q-norm / sandwich norms frozen; DDP over 2 gloo processes matches it."""
+    steps = 3
+    config = run_config(dataset_root, steps, policy=tiny_gemma3_policy(), export=True)
+    model = build_policy(config.policy)
+    assert model.config.engine.family == "gemma3"
+    last = len(model.engine.layers) - 1
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert f"engine.layers.{last}.backbone.self_attn.q_norm.weight" in frozen
+    assert f"engine.layers.{last}.backbone.post_feedforward_layernorm.weight" in frozen
+    single = finetune(config, tmp_path / "single")
+    assert single["losses"][-1] < single["losses"][0]
+    exported = load_pretrained(tmp_path / "single" / "export")
+    assert exported.config.engine.family == "gemma3"
+    ddp = run_config(dataset_root, steps, policy=tiny_gemma3_policy(), strategy="ddp", export=False)
+    losses = finetune_local_processes(ddp, tmp_path / "ddp", nprocs=2)["losses"]
+    torch.testing.assert_close(
+        torch.tensor(losses), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-5
+    )
+
+
 def test_fine_tunes_on_a_lerobot_written_video_dataset(tmp_path: Path) -> None:
     """Issue #16: lerobot 0.6.1's own AV1 video dataset (fixtures/lerobot/video, 18 frames, two
     cameras, q01/q99 in stats.json) fine-tunes with pi0.5's quantile normalisation, and 20 steps

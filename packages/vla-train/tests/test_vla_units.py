@@ -28,6 +28,7 @@ from vla_train.vla import (
     global_batch_indices,
     learning_rate,
     merge_lora,
+    optimizer_param_groups,
     tokenize_prompts,
     write_synthetic_dataset,
 )
@@ -130,6 +131,51 @@ def test_unreachable_parameters_get_no_gradient(variant: str) -> None:
     assert all(params[n].grad is not None for n in params if n not in frozen)
 
 
+def _tiny_gemma3_model() -> PI0Model:
+    return build_policy(
+        PolicyConfig(
+            family="gemma3",
+            backbone="gemma3_tiny",
+            expert="gemma3_tiny_expert",
+            vision="siglip_tiny",
+            num_cameras=2,
+            action_horizon=4,
+            max_token_len=8,
+        )
+    )
+
+
+def test_gemma3_backbone_freezing_reaches_its_extra_norms() -> None:
+    model = _tiny_gemma3_model()
+    assert model.config.engine.family == "gemma3"
+    apply_freezing(model, "backbone")
+    params = dict(model.named_parameters())
+    for name in (
+        "engine.layers.0.backbone.self_attn.q_norm.weight",
+        "engine.layers.0.backbone.self_attn.k_norm.weight",
+        "engine.layers.0.backbone.pre_feedforward_layernorm.weight",
+        "engine.layers.0.backbone.post_feedforward_layernorm.weight",
+    ):
+        assert not params[name].requires_grad, name
+    assert params["engine.layers.0.expert.mlp.up_proj.weight"].requires_grad
+
+
+def test_optimizer_groups_follow_the_model_parts() -> None:
+    model = PI0Model(tiny_pi0_config("pi05"))
+    apply_freezing(model, "expert_only")
+    groups = optimizer_param_groups(model)
+    assert [g["name"] for g in groups] == ["expert", "action"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sorted(map(id, trainable)) == sorted(id(p) for g in groups for p in g["params"])
+
+
+def test_policy_config_rejects_an_unknown_family() -> None:
+    with pytest.raises(ValueError, match=r"PolicyConfig.family must be one of .*'llama'"):
+        PolicyConfig(family="llama")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown Gemma-3 preset 'gemma_2b'"):
+        PolicyConfig(family="gemma3").model_config()
+
+
 def test_schedule_and_batches_are_pure_functions() -> None:
     optim = OptimConfig(max_steps=10, learning_rate=1.0, warmup_steps=2, min_lr_ratio=0.1)
     assert learning_rate(optim, 0) == pytest.approx(1 / 3)
@@ -156,7 +202,8 @@ def test_hydra_experiments_compose_into_configs() -> None:
             config = finetune_config_from_dict(block)  # type: ignore[arg-type]
             assert config.policy.variant == variant
         full = finetune_config_from_dict(block)  # type: ignore[arg-type]
-        assert full.policy.model_config().engine.gradient_checkpointing is True
+        assert full.policy.gradient_checkpointing is True
+        assert "gradient_checkpointing" not in full.policy.model_config().to_dict()["engine"]
     with pytest.raises(ValueError, match=r"unknown keys in vla\.policy"):
         finetune_config_from_dict({"policy": {"varient": "pi0"}, "data": {"root": "/x"}})
     with pytest.raises(ValueError, match="freeze"):

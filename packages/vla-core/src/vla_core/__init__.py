@@ -10,34 +10,36 @@ from vla_core.attention import (
 )
 from vla_core.checkpointing import (
     apply_activation_checkpointing,
+    has_activation_checkpointing,
     is_activation_checkpointed,
     remove_activation_checkpointing,
 )
 from vla_core.config import (
+    GEMMA3_EXPERT_PRESETS,
+    GEMMA3_PRESETS,
     GEMMA_PRESETS,
     SIGLIP_PRESETS,
+    Gemma3Config,
+    Gemma3EngineConfig,
     GemmaConfig,
     JointEngineConfig,
     PI0Config,
     SiglipConfig,
+    engine_family,
+    gemma3_config,
+    gemma3_expert_config,
+    gemma3_policy_config,
     gemma_config,
     siglip_config,
 )
 from vla_core.engine import EngineOutput, JointEngine, PrefixCache
+from vla_core.engine_config import ENGINE_FAMILIES
+from vla_core.engine_factory import build_engine
 from vla_core.filters import ImageTokenFilter
-from vla_core.gemma3 import (
-    GEMMA3_EXPERT_PRESETS,
-    GEMMA3_PRESETS,
-    Gemma3Config,
-    Gemma3EngineConfig,
-    Gemma3JointEngine,
-    gemma3_config,
-    gemma3_expert_config,
-    gemma3_policy_config,
-)
+from vla_core.gemma3 import Gemma3JointEngine
 from vla_core.layers import JointDecoderLayer, RMSNorm, StreamBlock
 from vla_core.masks import BlockCausalMask
-from vla_core.pi0 import Observation, PI0Model, Prefix, Suffix
+from vla_core.pi0 import PARAMETER_GROUPS, Observation, PI0Model, Prefix, Suffix
 from vla_core.rtc import (
     PREFIX_SCHEDULES,
     PrefixSchedule,
@@ -61,7 +63,9 @@ __version__ = _version("vla-core")
 
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
+    "ENGINE_FAMILIES",
     "GEMMA_PRESETS",
+    "PARAMETER_GROUPS",
     "PREFIX_SCHEDULES",
     "SIGLIP_PRESETS",
     "TIME_ARITHMETICS",
@@ -88,12 +92,15 @@ __all__ = [
     "__version__",
     "apply_activation_checkpointing",
     "attend",
+    "build_engine",
+    "engine_family",
     "euler_time_grid",
     "flex_attention_available",
     "flow_time",
     "gemma_config",
     "guidance_weight",
     "guided_velocity",
+    "has_activation_checkpointing",
     "is_activation_checkpointed",
     "paper_time",
     "posemb_sincos",
@@ -117,8 +124,8 @@ from vla_core.flops import (
     analytic_flops,
     measure_flops,
     measure_sample_actions_flops,
-    seed_profiler_flops,
-    seed_setting_config,
+    profiler_matched_flops,
+    published_flops_config,
 )
 from vla_core.fusion import fuse_projections
 from vla_core.state_dict import (
@@ -155,11 +162,11 @@ __all__ += [
     "load_state_dict",
     "measure_flops",
     "measure_sample_actions_flops",
+    "profiler_matched_flops",
+    "published_flops_config",
     "rename_map",
     "save_config",
     "save_pretrained",
-    "seed_profiler_flops",
-    "seed_setting_config",
     "transformers_pi0_config",
     "unused_reference_keys",
 ]

@@ -22,7 +22,6 @@ def tiny_pi0_config(
     variant: Literal["pi0", "pi05"] = "pi0",
     *,
     attention_implementation: str = "eager",
-    gradient_checkpointing: bool = False,
     **overrides: Any,
 ) -> PI0Config:
     """A seconds-on-CPU pi0 / pi0.5: backbone w48, expert w32, depth 2, 2 cameras, horizon 5."""
@@ -30,7 +29,6 @@ def tiny_pi0_config(
         backbone=GEMMA_PRESETS["gemma_tiny"],
         expert=GEMMA_PRESETS["gemma_tiny_expert"],
         attention_implementation=attention_implementation,
-        gradient_checkpointing=gradient_checkpointing,
     )
     fields: dict[str, Any] = {
         "variant": variant,

@@ -4,7 +4,7 @@ Each matching submodule's forward becomes one `torch.utils.checkpoint.checkpoint
 use_reentrant=False)` unit while the module is in training mode and autograd is recording, so a
 step runs every layer body exactly twice (forward + one recompute). There is exactly one
 granularity: a matching module nested inside an already-wrapped one is left alone (lerobot nests
-checkpoints and recomputes every layer twice more; see the reference sheet §9).
+checkpoints and recomputes every layer twice more; lerobot `src/lerobot/policies/pi0/modeling_pi0.py`).
 `use_reentrant=False` keeps the RNG state (dropout) identical on recompute and works with DDP,
 FSDP hooks and keyword / non-tensor arguments.
 """
@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "apply_activation_checkpointing",
+    "has_activation_checkpointing",
     "is_activation_checkpointed",
     "remove_activation_checkpointing",
 ]
@@ -60,6 +61,11 @@ def apply_activation_checkpointing(module: nn.Module, layer_types: tuple[type, .
 
 def is_activation_checkpointed(module: nn.Module) -> bool:
     return bool(module.__dict__.get(_FLAG, False))
+
+
+def has_activation_checkpointing(module: nn.Module) -> bool:
+    """True when `module` or any submodule runs as a checkpoint unit (ask the tree, not a flag)."""
+    return any(is_activation_checkpointed(sub) for sub in module.modules())
 
 
 def remove_activation_checkpointing(module: nn.Module) -> int:

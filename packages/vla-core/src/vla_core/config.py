@@ -1,197 +1,80 @@
-"""Frozen configuration dataclasses for the pi0 / pi0.5 engine, validated where they are built.
-
-Layout follows openpi's `Pi0Config` + `gemma.get_config` (see ../shared/reference/openpi-and-lora.md
-§2): a Gemma backbone and a Gemma action expert that share heads / kv heads / head_dim / depth, a
-SigLIP vision tower, and the policy-level fields of pi0 / pi0.5.
+"""The policy config (`PI0Config`, pi0 / pi0.5) and the one place that turns a JSON dict back into
+configs, dispatching on the engine's `family`. Layout follows openpi `pi0_config.Pi0Config`
+(openpi `src/openpi/models/pi0_config.py`). The engine-part configs are re-exported from
+`vla_core.engine_config` (Gemma) and `vla_core.gemma3_config` (Gemma-3).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vla_core.attention import validate_attention_implementation
+from vla_core.engine_config import (
+    ENGINE_FAMILIES,
+    GEMMA_PRESETS,
+    SIGLIP_PRESETS,
+    GemmaConfig,
+    JointEngineConfig,
+    SiglipConfig,
+    gemma_config,
+    require_positive,
+    siglip_config,
+)
+from vla_core.gemma3_config import (
+    GEMMA3_EXPERT_PRESETS,
+    GEMMA3_PRESETS,
+    SIGLIP_SO400M_448,
+    Gemma3Config,
+    Gemma3EngineConfig,
+    gemma3_config,
+    gemma3_expert_config,
+)
 
 __all__ = [
     "DTYPES",
+    "ENGINE_CONFIGS",
+    "GEMMA3_EXPERT_PRESETS",
+    "GEMMA3_PRESETS",
     "GEMMA_PRESETS",
     "SIGLIP_PRESETS",
+    "SIGLIP_SO400M_448",
     "VARIANTS",
+    "Gemma3Config",
+    "Gemma3EngineConfig",
     "GemmaConfig",
     "JointEngineConfig",
     "PI0Config",
     "SiglipConfig",
+    "engine_family",
+    "gemma3_config",
+    "gemma3_expert_config",
+    "gemma3_policy_config",
     "gemma_config",
     "siglip_config",
 ]
 
 DTYPES = ("float32", "bfloat16")
 VARIANTS = ("pi0", "pi05")
-PALIGEMMA_VOCAB_SIZE = 257_152
 
-
-def _require_positive(owner: str, **values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
-
-
-@dataclass(frozen=True)
-class GemmaConfig:
-    """One Gemma stack (backbone or action expert). `vocab_size` only matters for the backbone's
-    token embedding (and for counting the expert lm_head that the runnable model never allocates)."""
-
-    width: int
-    depth: int
-    mlp_dim: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int = PALIGEMMA_VOCAB_SIZE
-    rms_norm_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        _require_positive(
-            "GemmaConfig",
-            width=self.width,
-            depth=self.depth,
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
-            vocab_size=self.vocab_size,
-        )
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"GemmaConfig.num_heads ({self.num_heads}) must be a multiple of "
-                f"num_kv_heads ({self.num_kv_heads})"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"GemmaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"GemmaConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-
-
-@dataclass(frozen=True)
-class SiglipConfig:
-    """SigLIP ViT vision tower (big_vision So400m/14 by default: 224² → 256 tokens)."""
-
-    width: int = 1152
-    depth: int = 27
-    mlp_dim: int = 4304
-    num_heads: int = 16
-    patch_size: int = 14
-    image_size: int = 224
-    layer_norm_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        _require_positive(
-            "SiglipConfig",
-            width=self.width,
-            depth=self.depth,
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            patch_size=self.patch_size,
-            image_size=self.image_size,
-        )
-        if self.width % self.num_heads:
-            raise ValueError(
-                f"SiglipConfig.width ({self.width}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"SiglipConfig.image_size ({self.image_size}) must be a multiple of "
-                f"patch_size ({self.patch_size})"
-            )
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-
-GEMMA_PRESETS: dict[str, GemmaConfig] = {
-    "gemma_2b": GemmaConfig(
-        width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256
-    ),
-    "gemma_300m": GemmaConfig(
-        width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256
-    ),
-    # openpi's `dummy` variant.
-    "gemma_dummy": GemmaConfig(
-        width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16
-    ),
-    # Tiny presets for unit tests: N·H != D on purpose (as in the real expert), GQA 4/2 heads.
-    "gemma_tiny": GemmaConfig(
-        width=48, depth=2, mlp_dim=96, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=128
-    ),
-    "gemma_tiny_expert": GemmaConfig(
-        width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=128
-    ),
+# family -> (engine config class, backbone config class); the expert is a GemmaConfig in both.
+ENGINE_CONFIGS: dict[str, tuple[type[JointEngineConfig], type[GemmaConfig]]] = {
+    "gemma": (JointEngineConfig, GemmaConfig),
+    "gemma3": (Gemma3EngineConfig, Gemma3Config),
 }
-
-SIGLIP_PRESETS: dict[str, SiglipConfig] = {
-    "so400m_14": SiglipConfig(),
-    "siglip_tiny": SiglipConfig(
-        width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=14, image_size=56
-    ),
-}
-
-
-def gemma_config(name: str) -> GemmaConfig:
-    """Look up a Gemma preset by name (`gemma_2b`, `gemma_300m`, `gemma_dummy`, `gemma_tiny`...)."""
-    if name not in GEMMA_PRESETS:
-        raise ValueError(f"unknown Gemma preset {name!r}; known: {sorted(GEMMA_PRESETS)}")
-    return GEMMA_PRESETS[name]
-
-
-def siglip_config(name: str) -> SiglipConfig:
-    if name not in SIGLIP_PRESETS:
-        raise ValueError(f"unknown SigLIP preset {name!r}; known: {sorted(SIGLIP_PRESETS)}")
-    return SIGLIP_PRESETS[name]
-
-
-@dataclass(frozen=True)
-class JointEngineConfig:
-    """The two-stream Gemma engine: backbone (prefix) + action expert (suffix), one joint attention."""
-
-    backbone: GemmaConfig = field(default_factory=lambda: GEMMA_PRESETS["gemma_2b"])
-    expert: GemmaConfig = field(default_factory=lambda: GEMMA_PRESETS["gemma_300m"])
-    attention_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
-    rope_max_wavelength: float = 10_000.0
-
-    def __post_init__(self) -> None:
-        validate_attention_implementation(self.attention_implementation)
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ValueError(
-                "JointEngineConfig.gradient_checkpointing must be a bool, "
-                f"got {self.gradient_checkpointing!r}"
-            )
-        shared = ("num_heads", "num_kv_heads", "head_dim", "depth")
-        mismatched = [
-            f"{name}: backbone {getattr(self.backbone, name)} != expert {getattr(self.expert, name)}"
-            for name in shared
-            if getattr(self.backbone, name) != getattr(self.expert, name)
-        ]
-        if mismatched:
-            raise ValueError(
-                "backbone and expert must share heads / kv heads / head_dim / depth for the joint "
-                "attention; " + "; ".join(mismatched)
-            )
-        if not self.rope_max_wavelength > 0:
-            raise ValueError(
-                f"JointEngineConfig.rope_max_wavelength must be > 0, got {self.rope_max_wavelength}"
-            )
 
 
 @dataclass(frozen=True)
 class PI0Config:
     """pi0 / pi0.5 policy configuration (defaults: full-size pi0 = PaliGemma-3B + Gemma-300M expert).
 
-    `attention_implementation` / `gradient_checkpointing` are the policy-level knobs: left at `None`
-    they keep whatever `engine` says; set, they are pushed down into `engine` (both directions, so
-    the policy can also turn an engine-level `True` off). The effective values live in `engine`.
+    `attention_implementation` is the policy-level knob: left at `None` it keeps whatever `engine`
+    says; set, it is pushed down into `engine`. Architecture only: activation checkpointing (and
+    compile, FSDP) are applied to a built model from outside
+    (`apply_activation_checkpointing(model, (JointDecoderLayer,))`).
     """
 
     variant: Literal["pi0", "pi05"] = "pi0"
@@ -204,7 +87,6 @@ class PI0Config:
     num_cameras: int = 3
     dtype: Literal["float32", "bfloat16"] = "float32"
     attention_implementation: str | None = None
-    gradient_checkpointing: bool | None = None
     knowledge_insulation: bool = False  # pi0.5 training: detach the prefix cache (action loss)
     time_beta_alpha: float = 1.5
     time_beta_beta: float = 1.0
@@ -220,7 +102,7 @@ class PI0Config:
             raise ValueError(f"PI0Config.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.max_token_len is None:
             object.__setattr__(self, "max_token_len", 200 if self.variant == "pi05" else 48)
-        _require_positive(
+        require_positive(
             "PI0Config",
             action_dim=self.action_dim,
             state_dim=self.state_dim,
@@ -234,20 +116,13 @@ class PI0Config:
             raise ValueError("PI0Config.time_beta_alpha / time_beta_beta must be > 0")
         if not 0 < self.time_min_period < self.time_max_period:
             raise ValueError("PI0Config needs 0 < time_min_period < time_max_period")
-        # Policy-level knobs push down into the engine; unset ones take the engine's value.
+        # The policy-level knob pushes down into the engine; unset, the engine's value stays.
         engine = self.engine
         if self.attention_implementation is not None:
             validate_attention_implementation(self.attention_implementation)
             engine = dataclasses.replace(
                 engine, attention_implementation=self.attention_implementation
             )
-        if self.gradient_checkpointing is not None:
-            if not isinstance(self.gradient_checkpointing, bool):
-                raise ValueError(
-                    "PI0Config.gradient_checkpointing must be a bool or None, "
-                    f"got {self.gradient_checkpointing!r}"
-                )
-            engine = dataclasses.replace(engine, gradient_checkpointing=self.gradient_checkpointing)
         object.__setattr__(self, "engine", engine)
 
     # ---- convenience views -------------------------------------------------------------------
@@ -274,11 +149,13 @@ class PI0Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PI0Config:
         """Inverse of `to_dict`; unknown keys raise (naming them) instead of being dropped."""
-        data = dict(data)
+        data = _without_training_knobs(dict(data), "PI0Config")
         _check_keys(cls, data, "PI0Config")
         if isinstance(data.get("engine"), dict):
-            engine = dict(data["engine"])
-            engine_cls, backbone_cls = _engine_classes(engine)
+            engine = _without_training_knobs(dict(data["engine"]), "PI0Config.engine")
+            family = engine_family(engine)
+            engine_cls, backbone_cls = ENGINE_CONFIGS[family]
+            engine["family"] = family
             _check_keys(engine_cls, engine, "PI0Config.engine")
             for stream, stream_cls in (("backbone", backbone_cls), ("expert", GemmaConfig)):
                 if isinstance(engine.get(stream), dict):
@@ -291,14 +168,35 @@ class PI0Config:
         return cls(**data)
 
 
-def _engine_classes(engine: dict[str, Any]) -> tuple[type[JointEngineConfig], type[GemmaConfig]]:
-    """(engine config, backbone config) classes of an engine dict: a Gemma-3 engine
-    (`vla_core.gemma3`) is the one carrying `enforce_sliding_window`."""
-    if "enforce_sliding_window" in engine:
-        from vla_core.gemma3 import Gemma3Config, Gemma3EngineConfig  # local: gemma3 imports us
+def engine_family(engine: Mapping[str, Any]) -> str:
+    """The engine family of an engine dict: its `family` key, or for dicts written before that
+    field existed (vla-core 0.1), `"gemma3"` when it carries the Gemma-3-only
+    `enforce_sliding_window` and `"gemma"` otherwise."""
+    if "family" in engine:
+        family = engine["family"]
+        if family not in ENGINE_CONFIGS:
+            raise ValueError(
+                f"PI0Config.engine.family must be one of {ENGINE_FAMILIES}, got {family!r}"
+            )
+        return str(family)
+    return "gemma3" if "enforce_sliding_window" in engine else "gemma"
 
-        return Gemma3EngineConfig, Gemma3Config
-    return JointEngineConfig, GemmaConfig
+
+# Training knobs that vla-core 0.1 wrote into config.json; read and ignored since 0.2.
+_REMOVED_TRAINING_KNOBS = ("gradient_checkpointing",)
+
+
+def _without_training_knobs(data: dict[str, Any], owner: str) -> dict[str, Any]:
+    for key in _REMOVED_TRAINING_KNOBS:
+        if key in data:
+            data.pop(key)
+            warnings.warn(
+                f"{owner}.{key} is ignored: configs describe architecture only since vla-core "
+                "0.2; apply it to the built model instead (vla_core.apply_activation_checkpointing)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    return data
 
 
 def _plain(changes: dict[str, Any]) -> dict[str, Any]:
@@ -314,3 +212,27 @@ def _check_keys(cls: type, data: dict[str, Any], owner: str) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown keys for {owner}: {unknown}; known: {sorted(known)}")
+
+
+def gemma3_policy_config(
+    variant: str = "pi05",
+    *,
+    backbone: str | Gemma3Config = "gemma3_4b",
+    expert: str | GemmaConfig = "pi07_expert",
+    vision: str | SiglipConfig = "so400m_14_448",
+    attention_implementation: str = "sdpa",
+    **policy_fields: Any,
+) -> PI0Config:
+    """A `PI0Config` (pi0 or pi0.5 head) on the Gemma-3 engine; `PI0Model` builds it. Presets by
+    name or configs; vision `so400m_14_448` (default) or any `SIGLIP_PRESETS` name."""
+    engine = Gemma3EngineConfig(
+        backbone=gemma3_config(backbone) if isinstance(backbone, str) else backbone,
+        expert=gemma3_expert_config(expert) if isinstance(expert, str) else expert,
+        attention_implementation=attention_implementation,
+    )
+    if isinstance(vision, str):
+        presets = {"so400m_14_448": SIGLIP_SO400M_448, **SIGLIP_PRESETS}
+        if vision not in presets:
+            raise ValueError(f"unknown vision preset {vision!r}; known: {sorted(presets)}")
+        vision = presets[vision]
+    return PI0Config(variant=variant, engine=engine, vision=vision, **policy_fields)  # type: ignore[arg-type]

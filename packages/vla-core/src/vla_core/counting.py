@@ -3,9 +3,10 @@
 The published pi0 numbers (openpi / lerobot checkpoints, Understanding-PI0) count the action
 expert's `lm_head` (vocab × expert width = 263,323,648 for pi0): the reference models allocate
 it and never use it. Our model does not allocate it, so a count reports both: `expert` (what we
-run) and `expert_with_lm_head` / `reference_total` (what the seed documents print):
+run) and `expert_with_lm_head` / `reference_total` (what openpi / lerobot checkpoints and
+Understanding-PI0 report):
 
-    python -m vla_core.counting          # full-size pi0, action dim 16 (the seed's setting)
+    python -m vla_core.counting          # full-size pi0, action dim 16 (published FLOPs setting)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from vla_core.config import PI0Config
+from vla_core.flops import published_flops_config
+from vla_core.pi0 import PI0Model
 
 __all__ = [
     "ParameterCount",
@@ -107,8 +110,6 @@ def count_model_parameters(model: nn.Module, config: PI0Config | None = None) ->
 
 def count_parameters(config: PI0Config) -> ParameterCount:
     """Build `PI0Model(config)` on the meta device and count its parameters by block."""
-    from vla_core.pi0 import PI0Model
-
     with torch.device("meta"):
         model = PI0Model(config)
     return count_model_parameters(model, config)
@@ -138,7 +139,9 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
 
     adaptive = config.is_pi05
     backbone_layer = gemma_layer(bb, False)
-    if _is_gemma3(config):  # + per-head q/k norms and the two sandwich norms around the MLP
+    if (
+        config.engine.family == "gemma3"
+    ):  # + per-head q/k norms and the two sandwich norms around the MLP
         backbone_layer += 2 * bb.head_dim + 2 * bb.width
     backbone = bb.vocab_size * bb.width + bb.depth * backbone_layer + bb.width
     expert_norm = (ex.width * 3 * ex.width + 3 * ex.width) if adaptive else ex.width
@@ -160,18 +163,10 @@ def analytic_parameter_count(config: PI0Config) -> ParameterCount:
     )
 
 
-def _is_gemma3(config: PI0Config) -> bool:
-    from vla_core.gemma3 import Gemma3EngineConfig
-
-    return isinstance(config.engine, Gemma3EngineConfig)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Print the count of full-size pi0 in the seed's setting (action dim 16)."""
+    """Print the count of full-size pi0 in the setting of the published FLOP count (action dim 16)."""
     del argv
-    from vla_core.flops import seed_setting_config
-
-    print(count_parameters(seed_setting_config()).table())
+    print(count_parameters(published_flops_config()).table())
     return 0
 
 

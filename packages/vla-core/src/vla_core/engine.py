@@ -1,6 +1,7 @@
 """The two-stream engine: a stack of `JointDecoderLayer`s, final norms, and a read-only prefix cache.
 
-Three call modes, one layer implementation (reference sheet §3, §7):
+Three call modes, one layer implementation (openpi `src/openpi/models/pi0.py`:
+`compute_loss` runs the joint pass, `sample_actions` fills the prefix cache once):
 - joint   `engine(prefix, suffix, ...)`: pi0 training, full 2-D block-causal mask;
 - fill    `engine(prefix, None, ...)`: returns a `PrefixCache` of post-RoPE K/V per layer;
 - read    `engine(None, suffix, cache=...)`: attends to `[cache ; own K/V]`, concatenated locally,
@@ -17,8 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from vla_core.checkpointing import apply_activation_checkpointing
-from vla_core.config import JointEngineConfig
+from vla_core.engine_config import JointEngineConfig
 from vla_core.layers import JointDecoderLayer, RMSNorm, rope_cos_sin
 from vla_core.masks import BlockCausalMask
 
@@ -104,8 +104,6 @@ class JointEngine(nn.Module):
         self.rope_bases: tuple[float, ...] = tuple(float(base) for base in rope_bases)
         self.backbone_norm = RMSNorm(config.backbone.width, config.backbone.rms_norm_eps)
         self.expert_norm = RMSNorm(config.expert.width, config.expert.rms_norm_eps, expert_cond_dim)
-        if config.gradient_checkpointing:
-            apply_activation_checkpointing(self, (JointDecoderLayer,))
 
     def forward(
         self,

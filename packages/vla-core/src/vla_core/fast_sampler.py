@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vla_core.engine import PrefixCache
 from vla_core.fusion import fuse_projections
-from vla_core.observation import Observation
+from vla_core.inputs import Observation
 from vla_core.pi0 import PI0Model
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid
 

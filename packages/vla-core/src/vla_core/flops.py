@@ -4,12 +4,12 @@
 Convention: FLOPs = 2·MACs for every matmul / conv / attention product (what FlopCounterMode
 counts); element-wise work is left out of the closed form.
 
-Three numbers are worth keeping apart (reference: token-pruning.md §6, Understanding-PI0's
+Three numbers are worth keeping apart (Understanding-PI0's
 `reports/flops.log`, a torch-profiler run of lerobot's early PI0Policy on an A100):
 
 - `analytic_flops(...).total` — every matmul, SigLIP attention and the patch conv included. For the
-  seed setting (3×224² images, 48 prompt tokens, action dim 16, 10 steps) this is 4,379,061,288,960.
-- `seed_profiler_flops(...)` — what that profiler printed, 4,354,614,038,072: it counts mm / addmm /
+  published setting (3×224² images, 48 prompt tokens, action dim 16, 10 steps) this is 4,379,061,288,960.
+- `profiler_matched_flops(...)` — what that profiler printed, 4,354,614,038,072: it counts mm / addmm /
   bmm as 2·M·N·K and `aten::mul` / `aten::add` as the numel of their *first* argument, and misses
   SigLIP's SDPA attention and the patch conv. Reproduced op by op from the profiler rows so the
   published number can be checked, not because those element-wise counts mean much.
@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vla_core.config import PI0Config
+from vla_core.pi0 import Observation, PI0Model
 
 __all__ = [
     "FlopBreakdown",
@@ -34,12 +35,12 @@ __all__ = [
     "analytic_flops",
     "measure_flops",
     "measure_sample_actions_flops",
-    "seed_profiler_flops",
-    "seed_setting_config",
+    "profiler_matched_flops",
+    "published_flops_config",
 ]
 
 
-def seed_setting_config() -> PI0Config:
+def published_flops_config() -> PI0Config:
     """The setting of the published pi0 FLOP count: full-size pi0, 3 cameras, 48 prompt tokens,
     state padded to 32, action padded to 16 (Understanding-PI0's profiler run)."""
     return PI0Config(action_dim=16, state_dim=32, max_token_len=48, num_cameras=3)
@@ -162,7 +163,7 @@ def analytic_flops(
     )
 
 
-def seed_profiler_flops(
+def profiler_matched_flops(
     config: PI0Config | None = None,
     *,
     num_steps: int = 10,
@@ -175,12 +176,12 @@ def seed_profiler_flops(
     counted mm / addmm / bmm as 2·M·N·K and every out-of-place `aten::mul` / `aten::add` as the
     numel of its first argument; SigLIP ran SDPA and the patch conv was not counted. The terms
     below are the rows of its `reports/flops.log`, written as functions of the config; with
-    `seed_setting_config()` the total is 4,354,614,038,072. `real_action_dim` / `real_state_dim`
+    `published_flops_config()` the total is 4,354,614,038,072. `real_action_dim` / `real_state_dim`
     are the unpadded dims the policy (un)normalised (LIBERO-like 7 / 13 in that run).
     """
-    config = seed_setting_config() if config is None else config
+    config = published_flops_config() if config is None else config
     if config.is_pi05:
-        raise ValueError("seed_profiler_flops reconstructs a pi0 profile; got variant='pi05'")
+        raise ValueError("profiler_matched_flops reconstructs a pi0 profile; got variant='pi05'")
     full = analytic_flops(config, num_steps=num_steps)
     vis, bb, ex = config.vision, config.backbone, config.expert
     n_img, n_patch = config.num_cameras, vis.num_patches
@@ -285,8 +286,6 @@ def measure_sample_actions_flops(
     so this is the measured counterpart of `analytic_flops(config, ...)`. flex_attention cannot
     run on meta tensors; there the count uses sdpa (the same products).
     """
-    from vla_core.pi0 import Observation, PI0Model  # local: pi0 is the heavier import
-
     if torch.device(device).type == "meta" and config.engine.attention_implementation == "flex":
         config = config.replace(attention_implementation="sdpa")
 

@@ -1,7 +1,7 @@
 """Gemma building blocks and the joint two-stream decoder layer.
 
-Semantics follow openpi `gemma.py` (Block / Attention / FeedForward / RMSNorm) and the reference
-sheet's §3 (../shared/reference/vla-engines.md): per-stream (Ada)RMSNorm → q/k/v → concatenate the
+Semantics follow openpi `src/openpi/models/gemma.py` (Block / Attention / FeedForward / RMSNorm,
+the mixture-of-experts attention of the pi0 paper, arXiv:2410.24164): per-stream (Ada)RMSNorm → q/k/v → concatenate the
 streams along the sequence → RoPE with full-sequence positions (split-half, fp32) → one attention
 → split → per-stream o_proj, gated residual, norm, GeGLU MLP, gated residual.
 """
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_core.attention import attend, validate_attention_implementation
-from vla_core.config import GemmaConfig
+from vla_core.engine_config import GemmaConfig
 
 __all__ = [
     "GemmaMLP",
@@ -123,6 +123,12 @@ class StreamBlock(nn.Module):
     ) -> Tensor:
         raise NotImplementedError
 
+    def output_only_modules(self) -> list[nn.Module]:
+        """Submodules that shape only this stream's own output rows, never its keys / values. In
+        the last layer of the backbone they cannot reach the action loss (the expert reads the
+        prefix through K/V only)."""
+        raise NotImplementedError
+
 
 class GemmaStreamBlock(StreamBlock):
     """Gemma (v1) sublayers with Gemma parameter names; AdaRMS norms when `cond_dim` is set."""
@@ -154,6 +160,10 @@ class GemmaStreamBlock(StreamBlock):
         hidden = gated_residual(hidden, o_proj(attended.to(o_proj.weight.dtype)), gate)
         normed, gate = self.post_attention_layernorm(hidden, cond)
         return gated_residual(hidden, self.mlp(normed), gate)
+
+    def output_only_modules(self) -> list[nn.Module]:
+        attn = self.self_attn
+        return [attn.q_proj, attn.o_proj, self.post_attention_layernorm, self.mlp]
 
 
 def rope_cos_sin(

@@ -6,8 +6,7 @@ Euler from t=1 to 0 in `num_steps` steps with the prefix K/V cached once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -15,37 +14,28 @@ from torch import Tensor, nn
 
 from vla_core.config import PI0Config
 from vla_core.engine import JointEngine, PrefixCache
+from vla_core.engine_factory import build_engine
 from vla_core.filters import ImageTokenFilter
-from vla_core.gemma3 import Gemma3EngineConfig, Gemma3JointEngine
-from vla_core.layers import RMSNorm
-from vla_core.observation import Observation
+from vla_core.inputs import Observation, Prefix, Suffix
+from vla_core.layers import JointDecoderLayer, RMSNorm
 from vla_core.rtc import RTCGuidance, guided_velocity
 from vla_core.time_arithmetic import TimeArithmetic, euler_time_grid, posemb_sincos
 from vla_core.vision import VisionTower
 
-__all__ = ["Observation", "PI0Model", "Prefix", "Suffix", "posemb_sincos"]
+__all__ = ["PARAMETER_GROUPS", "Observation", "PI0Model", "Prefix", "Suffix", "posemb_sincos"]
 
-
-@dataclass(frozen=True)
-class Prefix:
-    """Embedded prefix: tokens [B, P, Dp], pad_mask / ar_mask / positions [B, P], and the
-    suffix position offset [B] = number of valid tokens of the *unpruned* prefix."""
-
-    tokens: Tensor
-    pad_mask: Tensor
-    ar_mask: Tensor
-    positions: Tensor
-    suffix_offset: Tensor
-
-
-@dataclass(frozen=True)
-class Suffix:
-    """Embedded suffix: tokens [B, S, De], pad_mask / ar_mask [B, S], AdaRMS cond (pi0.5)."""
-
-    tokens: Tensor
-    pad_mask: Tensor
-    ar_mask: Tensor
-    cond: Tensor | None
+# The parts `PI0Model.parameter_groups()` partitions the parameters into.
+PARAMETER_GROUPS = ("vision", "projector", "language", "expert", "action", "image_token_filter")
+# Top-level modules of the action / state / time projections (pi0 or pi0.5 set).
+ACTION_PROJECTIONS = (
+    "action_in_proj",
+    "action_out_proj",
+    "state_proj",
+    "action_time_mlp_in",
+    "action_time_mlp_out",
+    "time_mlp_in",
+    "time_mlp_out",
+)
 
 
 class PI0Model(nn.Module):
@@ -66,10 +56,7 @@ class PI0Model(nn.Module):
         self.multi_modal_projector = nn.Linear(config.vision.width, backbone.width)
         self.embed_tokens = nn.Embedding(backbone.vocab_size, backbone.width)
         cond_dim = expert.width if config.is_pi05 else None
-        if isinstance(config.engine, Gemma3EngineConfig):  # Gemma-3 backbone, same engine stack
-            self.engine: JointEngine = Gemma3JointEngine(config.engine, expert_cond_dim=cond_dim)
-        else:
-            self.engine = JointEngine(config.engine, expert_cond_dim=cond_dim)
+        self.engine: JointEngine = build_engine(config.engine, expert_cond_dim=cond_dim)
         self.action_in_proj = nn.Linear(config.action_dim, expert.width)
         self.action_out_proj = nn.Linear(expert.width, config.action_dim)
         if config.is_pi05:
@@ -91,7 +78,8 @@ class PI0Model(nn.Module):
 
     def fp32_modules(self) -> list[nn.Module]:
         """Modules kept in fp32 under the bf16 policy: norms, SigLIP patch/position embeddings,
-        time MLP and action / state projections (openpi / OpenTau parity, reference §10)."""
+        time MLP and action / state projections (openpi `models_pytorch/gemma_pytorch.py`
+        `to_bfloat16_for_selected_params`; OpenTau parity)."""
         names = ["action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in"]
         names += ["action_time_mlp_out", "time_mlp_in", "time_mlp_out"]
         keep: list[nn.Module] = [getattr(self, n) for n in names if hasattr(self, n)]
@@ -117,6 +105,51 @@ class PI0Model(nn.Module):
             self.add_module("image_token_filter", image_token_filter)
         else:
             self.__dict__["image_token_filter"] = image_token_filter
+
+    # ---- parameter groups (freezing / optimizer groups are applied from outside) -------------
+    def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """The parameters by part, name -> parameter, a partition of `named_parameters()` (same
+        groups for every engine family): `vision` (SigLIP), `projector`, `language` (token
+        embedding, every layer's backbone stream, final backbone norm), `expert` (every layer's
+        expert stream, final expert norm), `action` (action / state / time projections) and
+        `image_token_filter` (a module filter's own parameters)."""
+        layers = self._joint_layers()
+        token_filter = self.image_token_filter
+        modules: dict[str, list[nn.Module]] = {
+            "vision": [self.vision_tower],
+            "projector": [self.multi_modal_projector],
+            "language": [
+                self.embed_tokens,
+                *(layer.backbone for layer in layers),
+                self.engine.backbone_norm,
+            ],
+            "expert": [*(layer.expert for layer in layers), self.engine.expert_norm],
+            "action": [getattr(self, n) for n in ACTION_PROJECTIONS if hasattr(self, n)],
+            "image_token_filter": [token_filter] if isinstance(token_filter, nn.Module) else [],
+        }
+        return {group: self._named(parts) for group, parts in modules.items()}
+
+    def unreachable_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters the action loss can never reach: the last backbone layer's modules that feed
+        only prefix outputs (the expert reads the prefix through K/V alone) and the final backbone
+        norm; with knowledge insulation (prefix cache detached) also vision, projector and
+        language (knowledge insulation: Driess et al. 2025, arXiv:2505.23705)."""
+        last = self._joint_layers()[-1].backbone
+        unreachable = self._named([*last.output_only_modules(), self.engine.backbone_norm])
+        if self.config.knowledge_insulation:
+            groups = self.parameter_groups()
+            for group in ("vision", "projector", "language"):
+                unreachable.update(groups[group])
+        order = [name for name, _ in self.named_parameters()]
+        return {name: unreachable[name] for name in order if name in unreachable}
+
+    def _joint_layers(self) -> list[JointDecoderLayer]:
+        return [cast(JointDecoderLayer, layer) for layer in self.engine.layers]
+
+    def _named(self, modules: list[nn.Module]) -> dict[str, nn.Parameter]:
+        """name -> parameter for the parameters of `modules`, in model order."""
+        wanted = {id(p) for module in modules for p in module.parameters()}
+        return {name: p for name, p in self.named_parameters() if id(p) in wanted}
 
     # ---- embeddings --------------------------------------------------------------------------
     def embed_images(self, images: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from vla_core.config import SiglipConfig
+from vla_core.engine_config import SiglipConfig
 
 if TYPE_CHECKING:
     from transformers import SiglipVisionConfig

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from vla_core.checkpointing import apply_activation_checkpointing
+from vla_core.checkpointing import apply_activation_checkpointing, has_activation_checkpointing
 from vla_core.rtc import RTCConfig, RTCGuidance
 from vla_imf.backbones import CHECKPOINT_LAYER_TYPES, build_backbone
 from vla_imf.config import IMFPolicyConfig
@@ -162,7 +162,7 @@ class IMFPolicy(nn.Module):
             cfg.objective_config,
             valid_mask=valid_mask,
             velocity_fn=velocity_fn,
-            differentiate_jvp_primal=not cfg.gradient_checkpointing,
+            differentiate_jvp_primal=not has_activation_checkpointing(self.backbone),
         )
 
     def compute_loss(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -25,6 +25,8 @@ from vla_train.vla.policy import (
     PruningConfig,
     apply_freezing,
     build_policy,
+    freeze_unreachable,
+    optimizer_param_groups,
     trainable_parameter_count,
 )
 from vla_train.vla.synthetic import write_synthetic_dataset
@@ -51,6 +53,7 @@ __all__ = [
     "export_policy",
     "finetune",
     "finetune_local_processes",
+    "freeze_unreachable",
     "global_batch_indices",
     "latest_checkpoint",
     "learning_rate",
@@ -58,6 +61,7 @@ __all__ = [
     "load_tokenizer",
     "lora_modules",
     "merge_lora",
+    "optimizer_param_groups",
     "save_checkpoint",
     "tokenize_prompts",
     "trainable_parameter_count",

@@ -40,7 +40,12 @@ from vla_train.vla.parallel import (
     save_checkpoint,
     wrap_model,
 )
-from vla_train.vla.policy import PolicyConfig, build_policy, trainable_parameter_count
+from vla_train.vla.policy import (
+    PolicyConfig,
+    build_policy,
+    optimizer_param_groups,
+    trainable_parameter_count,
+)
 from vla_train.vla.tokenizer import load_tokenizer
 
 __all__ = [
@@ -193,7 +198,7 @@ def _finetune(
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        params,
+        optimizer_param_groups(model),
         lr=optim_cfg.learning_rate,
         betas=optim_cfg.betas,
         weight_decay=optim_cfg.weight_decay,

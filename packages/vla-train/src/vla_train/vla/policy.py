@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from vla_core import (
+    ENGINE_FAMILIES,
+    JointDecoderLayer,
     JointEngineConfig,
     PI0Config,
     PI0Model,
+    apply_activation_checkpointing,
+    gemma3_policy_config,
     gemma_config,
     load_config,
     load_state_dict,
@@ -34,10 +38,18 @@ __all__ = [
     "apply_freezing",
     "build_policy",
     "freeze_unreachable",
+    "optimizer_param_groups",
     "trainable_parameter_count",
 ]
 
-FREEZE_MODES = ("none", "vision_tower", "backbone", "expert_only")
+# Freeze mode -> the `PI0Model.parameter_groups()` parts it freezes.
+FREEZE_GROUPS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "vision_tower": ("vision",),
+    "backbone": ("language",),
+    "expert_only": ("vision", "projector", "language"),
+}
+FREEZE_MODES = tuple(FREEZE_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -73,10 +85,13 @@ class PolicyConfig:
     `pretrained`: a directory holding `model.safetensors` (+ optional `config.json`) or a
     `.safetensors` file, in `layout` (vla / openpi / lerobot / transformers via vla-core's rename
     maps). When a `config.json` written by vla-core is present it defines the architecture;
-    otherwise the presets below do. `dtype` is the parameter dtype policy (bf16 keeps norms and
+    otherwise the presets below do: `family="gemma"` (PaliGemma) takes Gemma presets,
+    `family="gemma3"` a Gemma-3 backbone preset (`gemma3_4b`, `gemma3_tiny`) and a matching expert
+    preset (`pi07_expert`, `gemma3_tiny_expert`); `vision` may then also be `so400m_14_448`. `dtype` is the parameter dtype policy (bf16 keeps norms and
     projections in fp32, vla-core's policy)."""
 
     variant: Literal["pi0", "pi05"] = "pi05"
+    family: Literal["gemma", "gemma3"] = "gemma"
     backbone: str = "gemma_2b"
     expert: str = "gemma_300m"
     vision: str = "so400m_14"
@@ -100,34 +115,46 @@ class PolicyConfig:
             raise ValueError(
                 f"PolicyConfig.freeze must be one of {FREEZE_MODES}, got {self.freeze!r}"
             )
+        if self.family not in ENGINE_FAMILIES:
+            raise ValueError(
+                f"PolicyConfig.family must be one of {ENGINE_FAMILIES}, got {self.family!r}"
+            )
         if self.layout not in LAYOUTS:
             raise ValueError(f"PolicyConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
 
     def model_config(self) -> PI0Config:
         """The PI0Config: from the checkpoint's config.json when there is one, else the presets;
-        the training knobs (attention, checkpointing, dtype, KI) always come from here."""
+        the knobs (attention, dtype, KI) always come from here. `gradient_checkpointing` is not
+        part of the model config: `build_policy` applies it to the built model."""
         knobs = {
             "attention_implementation": self.attention_implementation,
-            "gradient_checkpointing": self.gradient_checkpointing,
             "dtype": self.dtype,
             "knowledge_insulation": self.knowledge_insulation,
         }
         saved = self._saved_config_path()
         if saved is not None:
             return load_config(saved).replace(**knobs)
+        fields: dict[str, Any] = {
+            "action_dim": self.action_dim,
+            "state_dim": self.state_dim,
+            "action_horizon": self.action_horizon,
+            "max_token_len": self.max_token_len,
+            "num_cameras": self.num_cameras,
+            **knobs,
+        }
+        if self.family == "gemma3":
+            return gemma3_policy_config(
+                self.variant,
+                backbone=self.backbone,
+                expert=self.expert,
+                vision=self.vision,
+                **fields,
+            )
         engine = JointEngineConfig(
             backbone=gemma_config(self.backbone), expert=gemma_config(self.expert)
         )
         return PI0Config(
-            variant=self.variant,
-            engine=engine,
-            vision=siglip_config(self.vision),
-            action_dim=self.action_dim,
-            state_dim=self.state_dim,
-            action_horizon=self.action_horizon,
-            max_token_len=self.max_token_len,
-            num_cameras=self.num_cameras,
-            **knobs,  # type: ignore[arg-type]
+            variant=self.variant, engine=engine, vision=siglip_config(self.vision), **fields
         )
 
     def _saved_config_path(self) -> Path | None:
@@ -150,64 +177,47 @@ class PolicyConfig:
 
 
 def apply_freezing(model: PI0Model, mode: str) -> None:
-    """`vision_tower`: SigLIP; `backbone`: the PaliGemma language model (token embedding, backbone
-    streams, final backbone norm); `expert_only`: everything but the action expert streams and the
-    action / state / time projections (vision, projector, LM). `none` trains everything."""
-    if mode not in FREEZE_MODES:
+    """`vision_tower`: SigLIP; `backbone`: the language model (token embedding, backbone streams,
+    final backbone norm); `expert_only`: everything but the action expert streams and the action /
+    state / time projections (vision, projector, LM). `none` trains everything. The parts come
+    from `PI0Model.parameter_groups()` (any engine family)."""
+    if mode not in FREEZE_GROUPS:
         raise ValueError(f"freeze mode must be one of {FREEZE_MODES}, got {mode!r}")
-    if mode == "none":
-        return
-    language = ("embed_tokens.", "engine.backbone_norm.")
-    for name, param in model.named_parameters():
-        is_vision = name.startswith(("vision_tower.", "multi_modal_projector."))
-        is_language = name.startswith(language) or ".backbone." in name
-        frozen = {
-            "vision_tower": name.startswith("vision_tower."),
-            "backbone": is_language,
-            "expert_only": is_vision or is_language,
-        }[mode]
-        if frozen:
+    groups = model.parameter_groups()
+    for group in FREEZE_GROUPS[mode]:
+        for param in groups[group].values():
             param.requires_grad_(False)
 
 
 def freeze_unreachable(model: PI0Model) -> list[str]:
-    """Freeze parameters the action loss can never reach, so DDP needs no unused-parameter scan and
-    every trainable parameter has optimizer state: the last backbone layer's query / output /
-    MLP path and the final backbone norm (only the prefix K/V of the last layer feed the expert),
-    and with knowledge insulation the whole VLM (the prefix cache is detached). Returns the names."""
-    last = len(model.engine.layers) - 1
-    dead = (
-        f"engine.layers.{last}.backbone.self_attn.q_proj.",
-        f"engine.layers.{last}.backbone.self_attn.o_proj.",
-        f"engine.layers.{last}.backbone.post_attention_layernorm.",
-        f"engine.layers.{last}.backbone.mlp.",
-        "engine.backbone_norm.",
-    )
+    """Freeze the parameters the action loss can never reach (`PI0Model.unreachable_parameters()`:
+    the last backbone layer's output-only modules and final norm, the whole VLM under knowledge
+    insulation), so DDP needs no unused-parameter scan and every trainable parameter has optimizer
+    state. Returns the names newly frozen."""
     frozen = []
-    for name, param in model.named_parameters():
-        is_vlm = (
-            name.startswith(
-                (
-                    "vision_tower.",
-                    "multi_modal_projector.",
-                    "embed_tokens.",
-                    "engine.backbone_norm.",
-                )
-            )
-            or ".backbone." in name
-        )
-        unreachable = name.startswith(dead) or (model.config.knowledge_insulation and is_vlm)
-        if unreachable and param.requires_grad:
+    for name, param in model.unreachable_parameters().items():
+        if param.requires_grad:
             param.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def optimizer_param_groups(model: PI0Model) -> list[dict[str, Any]]:
+    """One optimizer group per model part (`PI0Model.parameter_groups()`) holding trainable
+    parameters, in part order; `name` is the part, so per-part hyperparameters can be set later."""
+    groups = []
+    for name, params in model.parameter_groups().items():
+        trainable = [p for p in params.values() if p.requires_grad]
+        if trainable:
+            groups.append({"name": name, "params": trainable})
+    return groups
 
 
 def build_policy(
     config: PolicyConfig, *, device: torch.device | str = "cpu", seed: int = 0
 ) -> PI0Model:
     """Model (seeded init) -> pretrained weights (strict) -> chosen freezing -> LoRA ->
-    unreachable parameters frozen -> pruner."""
+    unreachable parameters frozen -> per-layer activation checkpointing -> pruner."""
     model_config = config.model_config()
     torch.manual_seed(seed)
     with torch.device(device):
@@ -219,6 +229,8 @@ def build_policy(
     if config.lora is not None:  # adapted projections freeze their base weight
         apply_lora(model, config.lora)
     freeze_unreachable(model)
+    if config.gradient_checkpointing:  # a training choice, applied from outside the model
+        apply_activation_checkpointing(model, (JointDecoderLayer,))
     if config.pruning.enabled:
         pruner = ImageTokenPruner(
             model_config.backbone.width, config.pruning.pruner_config(model_config.num_cameras)

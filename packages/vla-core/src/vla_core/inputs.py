@@ -1,4 +1,7 @@
-"""The model input: camera images, the tokenized prompt and the robot state, one batch."""
+"""What `PI0Model` takes and what its embedding steps hand to the engine: a batch of observations,
+the embedded prefix (images + prompt) and the embedded suffix (state, noisy actions, time).
+Re-exported by `vla_core.pi0`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Observation"]
+__all__ = ["Observation", "Prefix", "Suffix"]
 
 
 @dataclass
@@ -59,3 +62,25 @@ class Observation:
                 f"image_masks must be [B, n_cams] = {tuple(images.shape[:2])}, got {tuple(masks.shape)}"
             )
         return images, masks
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Embedded prefix: tokens [B, P, Dp], pad_mask / ar_mask / positions [B, P], and the
+    suffix position offset [B] = number of valid tokens of the *unpruned* prefix."""
+
+    tokens: Tensor
+    pad_mask: Tensor
+    ar_mask: Tensor
+    positions: Tensor
+    suffix_offset: Tensor
+
+
+@dataclass(frozen=True)
+class Suffix:
+    """Embedded suffix: tokens [B, S, De], pad_mask / ar_mask [B, S], AdaRMS cond (pi0.5)."""
+
+    tokens: Tensor
+    pad_mask: Tensor
+    ar_mask: Tensor
+    cond: Tensor | None
