@@ -27,7 +27,7 @@ def curve_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "step": r["step"],
             "elapsed_s": r["elapsed_s"],
             "beta": r["beta"],
-            "seeds": f"{len(r.get('seeds', [])) or '-'} fresh",
+            "seeds": f"{len(r['seeds'])} fresh" if r.get("seeds") else "fresh",
             "success_rate": r["success_rate"],
             "mean_max_coverage": r["mean_max_coverage"],
         }
