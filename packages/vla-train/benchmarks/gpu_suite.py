@@ -37,7 +37,14 @@ from _suite import (
     timed_s,
 )
 
-from vla_core import PI0Config, PI0Model, compile_sampler, measure_sample_actions_flops
+from vla_core import (
+    JointDecoderLayer,
+    PI0Config,
+    PI0Model,
+    apply_activation_checkpointing,
+    compile_sampler,
+    measure_sample_actions_flops,
+)
 from vla_core._testing import perturb_adarms, random_actions, random_observation, tiny_pi0_config
 from vla_imf import IMFPolicy, IMFPolicyConfig
 from vla_imf._testing import pusht_stats, random_batch, tiny_policy_config
@@ -62,16 +69,13 @@ class Setting:
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         self.peak_tflops = peak_bf16_tflops(self.device_name) if self.cuda else None
 
-    def policy_config(self, variant: str, checkpointing: bool = False) -> PI0Config:
+    def policy_config(self, variant: str) -> PI0Config:
         if self.tiny:
-            config = tiny_pi0_config(
-                variant, attention_implementation="sdpa", num_cameras=CAMERAS,
-                gradient_checkpointing=checkpointing,
-            )  # fmt: skip
+            config = tiny_pi0_config(variant, attention_implementation="sdpa", num_cameras=CAMERAS)
             return config.replace(dtype=self.dtype)
         return PI0Config(
             variant=variant, num_cameras=CAMERAS, max_token_len=PROMPT, dtype=self.dtype,
-            attention_implementation="sdpa", gradient_checkpointing=checkpointing,
+            attention_implementation="sdpa",
         )  # fmt: skip
 
     def build(self, config: PI0Config, seed: int = 0) -> PI0Model:
@@ -182,8 +186,10 @@ def section_finetune(rec: Recorder, setting: Setting) -> None:
     for checkpointing in (False, True):
 
         def step_row(checkpointing: bool = checkpointing) -> dict[str, Any]:
-            config = setting.policy_config("pi05", checkpointing=checkpointing)
+            config = setting.policy_config("pi05")
             model = setting.build(config).train()
+            if checkpointing:  # applied from outside the model, one unit per joint layer
+                apply_activation_checkpointing(model, (JointDecoderLayer,))
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
             obs = random_observation(config, batch_size=batch, device=device)
             actions = random_actions(config, batch_size=batch).to(device)
