@@ -75,6 +75,16 @@ class OpenpiCheckpoint:
         self._ocp = ocp
         self._checkpointer = ocp.PyTreeCheckpointer()
         try:
+            self._read_tree()
+        except BaseException:
+            # The constructor's caller never gets an object to close: stop orbax's background
+            # machinery here, or its asyncio callbacks fire after the loop is gone.
+            self.close()
+            raise
+
+    def _read_tree(self) -> None:
+        """Fill `leaves` from the checkpoint's metadata (no array is read)."""
+        try:
             item = self._checkpointer.metadata(self.params_dir).item_metadata
         except Exception as exc:  # orbax raises many kinds; the path is what the user needs
             raise CheckpointReadError(
