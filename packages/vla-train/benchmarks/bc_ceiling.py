@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,19 +98,24 @@ def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
         predict, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=N_OBS_STEPS,
         n_episodes=args.n_test, n_envs=25, start_seed=int(cfg.eval.start_seed),
     )  # fmt: skip
-    return [
-        {
-            "episodes": f"{run_dir.name} (+{rounds} DAgger rounds, frame {cfg.task.frame})",
-            "windows": len(data),
-            "steps": args.steps,
-            "batch": args.batch,
-            "samples_seen": args.steps * args.batch,
-            "train_s": train_s,
-            "success_rate": r.success_rate,
-            "mean_max_coverage": r.mean_max_coverage,
-            "mean_score": r.mean_score,
-        }
-    ]
+    label = f"{run_dir.name} (+{rounds} DAgger rounds, frame {cfg.task.frame})"
+    return [result_row(label, len(data), args, train_s, r)]
+
+
+def result_row(
+    label: str | int, windows: int, args: argparse.Namespace, train_s: float, r: Any
+) -> dict:
+    return {
+        "episodes": label,
+        "windows": windows,
+        "steps": args.steps,
+        "batch": args.batch,
+        "samples_seen": args.steps * args.batch,
+        "train_s": train_s,
+        "success_rate": r.success_rate,
+        "mean_max_coverage": r.mean_max_coverage,
+        "mean_score": r.mean_score,
+    }
 
 
 def main() -> None:
@@ -137,19 +143,7 @@ def main() -> None:
             policy, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=N_OBS_STEPS,
             n_episodes=args.n_test, n_envs=25,
         )  # fmt: skip
-        rows.append(
-            {
-                "episodes": n,
-                "windows": len(ds),
-                "steps": args.steps,
-                "batch": args.batch,
-                "samples_seen": args.steps * args.batch,
-                "train_s": train_s,
-                "success_rate": r.success_rate,
-                "mean_max_coverage": r.mean_max_coverage,
-                "mean_score": r.mean_score,
-            }
-        )
+        rows.append(result_row(n, len(ds), args, train_s, r))
         print(json.dumps(rows[-1]), flush=True)
 
     print("\n| demos | windows | samples seen | success | mean max-coverage | score | train s |")

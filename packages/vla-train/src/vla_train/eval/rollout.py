@@ -118,8 +118,8 @@ def make_env(obs_type: str, max_steps: int, render: bool = False) -> Any:
     )
 
 
-def _stack_obs(
-    histories: Sequence[deque[dict[str, np.ndarray]]], keys: Sequence[str], device: torch.device
+def stack_obs(
+    histories: Sequence[Sequence[dict[str, np.ndarray]]], keys: Sequence[str], device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Histories of frames -> {key: [B, n_obs_steps, ...]} tensors."""
     return {
@@ -190,7 +190,7 @@ def evaluate(
                     frames[ep] = [envs[slot].render()]
             active = list(range(len(group)))
             while active:
-                obs_batch = _stack_obs([histories[s] for s in active], obs_keys, device)
+                obs_batch = stack_obs([histories[s] for s in active], obs_keys, device)
                 tic = time.perf_counter()
                 actions = predict_action(obs_batch)["action"]  # [b, Ta, Da]
                 actions_np = actions.float().cpu().numpy()
@@ -272,4 +272,4 @@ def first_observation(
     finally:
         env.close()
     frame = env_obs_to_frame(obs, obs_type)
-    return _stack_obs([deque([frame] * n_obs_steps)], obs_keys, device)
+    return stack_obs([deque([frame] * n_obs_steps)], obs_keys, device)

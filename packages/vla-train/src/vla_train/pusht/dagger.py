@@ -25,6 +25,7 @@ import torch
 
 from vla_train.data.layout import FeatureSpec, atomic_write_json, load_json
 from vla_train.data.writer import LeRobotWriter
+from vla_train.eval.rollout import env_obs_to_frame, stack_obs
 from vla_train.pusht.episodes import FPS, TASK, make_env
 from vla_train.pusht.labels import ExpertLabeler, Label
 from vla_train.pusht.sim import snapshot
@@ -140,10 +141,7 @@ def load_round_result(run_dir: Path, round_index: int) -> RoundResult | None:
 
 
 def _frame(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {
-        "observation.state": np.asarray(obs["agent_pos"], np.float32),
-        "observation.environment_state": np.asarray(obs["environment_state"], np.float32),
-    }
+    return env_obs_to_frame(obs, "environment_state_agent_pos")
 
 
 def _label_episode(
@@ -208,15 +206,12 @@ def collect_round(
                 tic = time.perf_counter()
                 labels = labeler([snapshot(envs[s]) for s in active], label_length)
                 label_s += time.perf_counter() - tic
+                # Reset frames repeat until the window is full, as in evaluation.
                 history = [
                     [frames[s][0]] * (n_obs_steps - len(frames[s])) + list(frames[s])
                     for s in active
                 ]
-                obs_batch = {
-                    k: torch.from_numpy(np.stack([np.stack([f[k] for f in h]) for h in history]))
-                    for k in obs_keys
-                }
-                obs_batch = {k: v.to(device) for k, v in obs_batch.items()}
+                obs_batch = stack_obs(history, obs_keys, device)
                 chunks = predict_action(obs_batch)["action"].float().cpu().numpy()
                 still_active = []
                 for row, slot in enumerate(active):
