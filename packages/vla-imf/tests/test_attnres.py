@@ -238,3 +238,30 @@ def test_operator_standalone() -> None:
     op = AttnResOperator(8)
     assert op.pseudo_query.shape == (8,)
     assert float(op.pseudo_query.detach().abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("tangent_source", ["boundary", "v_head"])
+def test_action_patches_group_steps_into_tokens(tangent_source: str) -> None:
+    """`action_patch=p`: p consecutive steps share a token, so a step's output sees the other
+    steps of its patch only through that token; shapes, the loss and sampling are unchanged."""
+    from vla_imf import IMFPolicy
+    from vla_imf._testing import pusht_stats, random_batch, tiny_policy_config
+
+    torch.manual_seed(0)
+    config = tiny_policy_config(action_patch=4, tangent_source=tangent_source)
+    policy = IMFPolicy(config)
+    policy.fit_normalizer(pusht_stats(config))
+    backbone = policy.backbone
+    assert backbone.input_emb.in_features == 4 * config.action_dim
+    assert backbone.head.out_features == 4 * config.action_dim
+    batch = random_batch(config, batch=3, generator=torch.Generator().manual_seed(1))
+    loss = policy.compute_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and backbone.input_emb.weight.grad is not None
+    out = policy.predict_action({k: v for k, v in batch.items() if k.startswith("observation")})
+    assert out["action"].shape == (3, config.n_action_steps, config.action_dim)
+    # 8 steps / patch 4 = 2 action tokens + r, t and 2 observation tokens.
+    z = torch.randn(1, config.horizon, config.action_dim)
+    cond = torch.randn(1, config.n_obs_steps, config.cond_dim)
+    tokens = backbone.embed(z, torch.zeros(1), torch.ones(1), cond)
+    assert tokens.shape[1] == 2 + config.n_obs_steps + config.horizon // 4

@@ -19,6 +19,7 @@ CASES = [
     ("vanilla", {"causal_attn": True, "n_cond_layers": 1}),
     ("attnres_full", {}),
     ("attnres_block", {"attnres_block_size": 3}),
+    ("attnres_full", {"action_patch": 2}),
 ]
 
 

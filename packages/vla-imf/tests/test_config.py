@@ -44,6 +44,9 @@ def test_defaults_resolve() -> None:
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"backbone": "attnres_block", "attnres_block_size": 100}, "attnres_block_size"),
         ({"backbone": "attnres_block", "attnres_block_size": 0}, "attnres_block_size"),
+        ({"action_patch": 5}, "action_patch"),
+        ({"action_patch": 0}, "action_patch"),
+        ({"backbone": "vanilla", "action_patch": 2}, "AttnRes backbones only"),
     ],
 )
 def test_policy_config_rejects(overrides: dict[str, object], match: str) -> None:

@@ -159,6 +159,62 @@ def test_round_adds_exactly_the_visited_states_with_expert_labels(
     assert load_round_result(tmp_path / "run", 1).n_labels == 6
 
 
+def test_plan_once_label_follows_one_fresh_plan() -> None:
+    state = _state_after(11, 10)
+    expert = PushTExpert()
+    once = label_state(expert, state, 15, plan_once=True)
+    replanning = label_state(expert, state, 15)
+    # The same fresh plan for the first `replan_every` steps; after that only the replanning
+    # label plans again (the plan-once chunk is the first plan's continuation).
+    np.testing.assert_array_equal(once.actions[:8], replanning.actions[:8])
+    plan = np.asarray(expert.plan(state).targets, np.float32)
+    n = min(len(plan), 15)
+    assert n > 8 and replanning.replanned[8] and not once.replanned[1:n].any()
+    np.testing.assert_array_equal(once.actions[:n], plan[:n])
+    np.testing.assert_array_equal(once.actions, label_state(PushTExpert(), state, 15, True).actions)
+
+
+def test_label_every_labels_the_visited_states_between_queries() -> None:
+    config = DaggerConfig(
+        rounds=1, episodes_per_round=1, beta=0.0, n_envs=1, max_steps=16, label_every=3,
+        plan_once=True,
+    )  # fmt: skip
+    episodes, result = collect_round(
+        _ConstantPolicy(),
+        ExpertLabeler(workers=1, plan_once=True),
+        config,
+        1,
+        obs_keys=OBS_KEYS,
+        n_obs_steps=2,
+        horizon=16,
+        device=torch.device("cpu"),
+    )
+    # Two queries (steps 0, 8); between them steps 3 and 6 of each chunk (step 16 ends it).
+    assert result.n_labels == len(episodes) == 2 + 2 + 2
+    expert = PushTExpert()
+    env = make_env(max_steps=16)
+    obs, _ = env.reset(seed=config.seeds_of_round(1)[0])
+    chunk = _ConstantPolicy()({"observation.state": torch.zeros(1, 2, 2)})["action"][0].numpy()
+    visited = {}
+    for step in range(16):
+        visited[step] = (snapshot(env), np.float32(obs["agent_pos"]))
+        obs, *_ = env.step(chunk[step % 8])
+    # Order: each query, then the states labelled while executing its chunk.
+    for episode, step in zip(episodes, (0, 3, 6, 8, 11, 14), strict=True):
+        state, agent = visited[step]
+        prefix = 0 if step == 0 else 1
+        np.testing.assert_array_equal(episode["observation.state"][prefix], agent)
+        label = label_state(expert, state, 15, plan_once=True)
+        np.testing.assert_array_equal(episode["action"][prefix:], label.actions)
+        assert episode["expert.replanned"][prefix]
+    env.close()
+
+
+def test_label_every_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=re.escape("task.dagger.label_every=")):
+        DaggerConfig(label_every=-1)
+
+
 @pytest.fixture(scope="module")
 def walk_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_walk_dataset(tmp_path_factory.mktemp("walk") / "pusht_walk", n_episodes=3)

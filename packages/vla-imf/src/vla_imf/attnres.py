@@ -101,20 +101,23 @@ class AttnResBackbone(nn.Module):
         self.time_emb = SinusoidalTimeEmbedding(d, config.time_scale)
         self.time_token_proj = nn.Linear(d, d)  # shared by r and t
         self.cond_obs_emb = nn.Linear(config.cond_dim, d)
-        self.input_emb = nn.Linear(config.input_dim, d)
+        patch = config.action_patch
+        self.input_emb = nn.Linear(config.input_dim * patch, d)
         self.drop = nn.Dropout(config.p_drop_emb)
         self.layers = nn.ModuleList(
             AttnResSubLayer(config, is_attention=(i % 2 == 0)) for i in range(2 * config.n_layer)
         )
         self.norm_out = RMSNorm(d, config.eps)
-        self.head = nn.Linear(d, config.output_dim)
+        self.head = nn.Linear(d, config.output_dim * patch)
         init_linear_normal(self)
 
     def embed(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """Token sequence `[r, t, obs_1..obs_To, act_1..act_T]` -> `[B, 2+To+T, D]`."""
         r_token = self.time_token_proj(self.time_emb(r))[:, None]
         t_token = self.time_token_proj(self.time_emb(t))[:, None]
-        tokens = torch.cat([r_token, t_token, self.cond_obs_emb(cond), self.input_emb(sample)], 1)
+        # `action_patch` consecutive steps share one token (ViT-style patches along time).
+        patches = sample.reshape(sample.shape[0], -1, self.config.action_patch * sample.shape[2])
+        tokens = torch.cat([r_token, t_token, self.cond_obs_emb(cond), self.input_emb(patches)], 1)
         return self.drop(tokens)
 
     def trunk(self, x: Tensor) -> Tensor:
@@ -157,7 +160,8 @@ class AttnResBackbone(nn.Module):
         """Normalised trunk output at the action positions, `[B, T, D]`."""
         check_backbone_inputs(self.config, sample, r, t, cond)
         h = self.trunk(self.embed(sample, r, t, cond))
-        return self.norm_out(h[:, -sample.shape[1] :])
+        return self.norm_out(h[:, -(sample.shape[1] // self.config.action_patch) :])
 
     def forward(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        return self.head(self.features(sample, r, t, cond))
+        out = self.head(self.features(sample, r, t, cond))  # [B, T/patch, patch·Da]
+        return out.reshape(sample.shape[0], sample.shape[1], -1)

@@ -87,6 +87,7 @@ class BackboneConfig:
     attnres_block_size: int = 4
     time_scale: float = 1.0
     attention_implementation: str = "sdpa"
+    action_patch: int = 1
 
     def __post_init__(self) -> None:
         _require(self.kind in BACKBONES, f"kind must be one of {BACKBONES}, got {self.kind!r}")
@@ -118,6 +119,15 @@ class BackboneConfig:
         for name in ("p_drop_emb", "p_drop_attn"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
+        _require(
+            self.action_patch >= 1 and self.horizon % self.action_patch == 0,
+            f"action_patch must be >= 1 and divide horizon ({self.horizon}), "
+            f"got {self.action_patch}",
+        )
+        _require(
+            self.action_patch == 1 or self.kind != "vanilla",
+            "action_patch > 1 applies to the AttnRes backbones only",
+        )
         _require(self.n_cond_layers >= 0, f"n_cond_layers must be >= 0, got {self.n_cond_layers}")
         _require(self.ffn_mult > 0, f"ffn_mult must be > 0, got {self.ffn_mult}")
         _require(self.time_scale > 0, f"time_scale must be > 0, got {self.time_scale}")
@@ -168,6 +178,7 @@ class IMFPolicyConfig:
     objective_config: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     num_inference_steps: int | None = None
     attention_implementation: str = "sdpa"
+    action_patch: int = 1
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -289,4 +300,5 @@ class IMFPolicyConfig:
             attnres_block_size=self.attnres_block_size,
             time_scale=self.time_scale,
             attention_implementation=self.attention_implementation,
+            action_patch=self.action_patch,
         )

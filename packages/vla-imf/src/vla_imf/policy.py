@@ -60,7 +60,7 @@ class IMFPolicy(nn.Module):
         )
         self.backbone = build_backbone(config.backbone_config())
         self.velocity_head = (
-            nn.Linear(config.n_emb, config.action_dim)
+            nn.Linear(config.n_emb, config.action_dim * config.action_patch)
             if config.tangent_source == "v_head"
             else None
         )
@@ -154,7 +154,7 @@ class IMFPolicy(nn.Module):
             head = self.velocity_head
 
             def velocity_fn(z: Tensor, t: Tensor) -> Tensor:
-                return head(self.backbone.features(z, t, t, cond.to(z.dtype)))
+                return head(self.backbone.features(z, t, t, cond.to(z.dtype))).reshape(z.shape)
 
         return imf_loss(
             u_fn,

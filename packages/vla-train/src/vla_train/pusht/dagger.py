@@ -45,7 +45,11 @@ DAGGER_FEATURES = {
 class DaggerConfig:
     """`rounds` rounds, one every `every_steps` optimizer steps (the first after `every_steps`),
     each on `episodes_per_round` seeds from `first_seed` on (far from the demo seeds 0.. and the
-    test seeds 100000..100199). Round r executes the expert with probability `beta**r`."""
+    test seeds 100000..100199). Round r executes the expert with probability `beta**r`.
+    Besides each state the policy is queried in, `label_every > 0` also labels the visited state
+    every `label_every` executed steps (the policy is queried at arbitrary plan phases, so every
+    visited state is a decision point worth a label); `plan_once` labels each state with one
+    fresh plan (`PushTExpert.chunk_with_states`)."""
 
     rounds: int = 0
     every_steps: int = 1000
@@ -55,10 +59,14 @@ class DaggerConfig:
     n_envs: int = 10
     workers: int = 2
     max_steps: int = 300
+    label_every: int = 0
+    plan_once: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
             raise ValueError(f"task.dagger.rounds={self.rounds}: expected >= 0")
+        if self.label_every < 0:
+            raise ValueError(f"task.dagger.label_every={self.label_every}: expected >= 0")
         for name in ("every_steps", "episodes_per_round", "n_envs", "workers", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"task.dagger.{name}={getattr(self, name)}: expected >= 1")
@@ -214,6 +222,8 @@ def collect_round(
                 obs_batch = stack_obs(history, obs_keys, device)
                 chunks = predict_action(obs_batch)["action"].float().cpu().numpy()
                 still_active = []
+                # Visited states between queries to label too: (snapshot, past, current frame).
+                between: list[tuple[Any, list[Any], dict[str, np.ndarray]]] = []
                 for row, slot in enumerate(active):
                     ep = group[slot]
                     label = labels[row]
@@ -222,7 +232,7 @@ def collect_round(
                     if rng.random() < beta:
                         chunk = label.actions[: len(chunk)]
                     done = False
-                    for action in chunk:
+                    for j, action in enumerate(chunk, start=1):
                         past[slot].append((frames[slot][-1], np.asarray(action, np.float32)))
                         obs, _, terminated, truncated, info = envs[slot].step(action)
                         steps[slot] += 1
@@ -232,8 +242,18 @@ def collect_round(
                         if terminated or truncated or steps[slot] >= config.max_steps:
                             done = True
                             break
+                        if config.label_every and j < len(chunk) and j % config.label_every == 0:
+                            between.append(
+                                (snapshot(envs[slot]), list(past[slot]), frames[slot][-1])
+                            )
                     if not done:
                         still_active.append(slot)
+                if between:
+                    tic = time.perf_counter()
+                    extra = labeler([b[0] for b in between], label_length)
+                    label_s += time.perf_counter() - tic
+                    for (_, history, frame), label in zip(between, extra, strict=True):
+                        episodes.append(_label_episode(history, frame, label))
                 active = still_active
     finally:
         for env in envs:

@@ -393,19 +393,22 @@ class PushTExpert:
         return best
 
     def chunk_with_states(
-        self, state: SimState, horizon: int
+        self, state: SimState, horizon: int, *, plan_once: bool = False
     ) -> tuple[np.ndarray, list[SimState], np.ndarray]:
         """The expert's next `horizon` targets [horizon, 2] float32 from `state`, replanning in
         the simulator every `replan_every` steps exactly as an episode does, the state before
         each target (`states[0] is state`) and where it planned afresh: the label of any state,
-        e.g. one a learner visited."""
+        e.g. one a learner visited. `plan_once` follows the first plan for as long as it lasts
+        (one plan per label instead of one per `replan_every` steps): the whole chunk is then a
+        function of `state` alone, at half the planning cost of a 15-step label."""
         targets: list[np.ndarray] = []
         states = [state]
         replanned = np.zeros(horizon, dtype=bool)
         while len(targets) < horizon:
             replanned[len(targets)] = True
             primitive = self.plan(states[-1])
-            n = min(self.config.replan_every, len(primitive.targets), horizon - len(targets))
+            every = len(primitive.targets) if plan_once else self.config.replan_every
+            n = min(every, len(primitive.targets), horizon - len(targets))
             self.sim.load(states[-1])
             for target in primitive.targets[:n]:
                 self.sim.step(target)

@@ -43,9 +43,12 @@ def _worker_init(config: ExpertConfig | None) -> None:
     _EXPERT = PushTExpert(config)
 
 
-def label_state(expert: PushTExpert, state: SimState, length: int) -> Label:
-    """The expert's chunk of `length` targets from `state`, with the observations it visits."""
-    actions, states, replanned = expert.chunk_with_states(state, length)
+def label_state(
+    expert: PushTExpert, state: SimState, length: int, plan_once: bool = False
+) -> Label:
+    """The expert's chunk of `length` targets from `state`, with the observations it visits
+    (`plan_once`: see `PushTExpert.chunk_with_states`)."""
+    actions, states, replanned = expert.chunk_with_states(state, length, plan_once=plan_once)
     observed = [observe(s) for s in states]
     return Label(
         actions=actions,
@@ -55,30 +58,35 @@ def label_state(expert: PushTExpert, state: SimState, length: int) -> Label:
     )
 
 
-def _label_job(job: tuple[SimState, int]) -> Label:
+def _label_job(job: tuple[SimState, int, bool]) -> Label:
     assert _EXPERT is not None, "worker not initialised"
     return label_state(_EXPERT, *job)
 
 
 class ExpertLabeler:
     """`labeler(states, length)` -> one `Label` per state, in order, over `workers` processes
-    (spawned once and reused; `workers=1` labels in this process)."""
+    (spawned once and reused; `workers=1` labels in this process). `plan_once`: every label
+    follows one fresh plan (`PushTExpert.chunk_with_states`)."""
 
-    def __init__(self, workers: int = 1, config: ExpertConfig | None = None) -> None:
+    def __init__(
+        self, workers: int = 1, config: ExpertConfig | None = None, plan_once: bool = False
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers={workers}: expected >= 1")
         self.workers = workers
         self.config = config
+        self.plan_once = plan_once
         self._expert = PushTExpert(config) if workers == 1 else None
         self._pool: Any = None
 
     def __call__(self, states: list[SimState], length: int) -> list[Label]:
         if self._expert is not None:
-            return [label_state(self._expert, s, length) for s in states]
+            return [label_state(self._expert, s, length, self.plan_once) for s in states]
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ctx.Pool(self.workers, _worker_init, (self.config,))
-        return list(self._pool.map(_label_job, [(s, length) for s in states], chunksize=1))
+        jobs = [(s, length, self.plan_once) for s in states]
+        return list(self._pool.map(_label_job, jobs, chunksize=1))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -218,7 +218,11 @@ def _train(cfg: DictConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
         return data, epoch_sampler
 
     dataset, sampler = make_data(rounds_done)
-    labeler = ExpertLabeler(dagger.workers) if dagger.rounds and info.is_main else None
+    labeler = (
+        ExpertLabeler(dagger.workers, plan_once=dagger.plan_once)
+        if dagger.rounds and info.is_main
+        else None
+    )
     logger: MetricLogger = NullLogger()
     if info.is_main:
         logger = build_logger(
