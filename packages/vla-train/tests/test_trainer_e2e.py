@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vla_train.trainer._testing import compose_config, write_random_walk_dataset
+from vla_train._testing import load_config, write_random_walk_dataset
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,12 @@ def walk_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(root: Path, run_dir: Path, *overrides: str) -> dict:
-    from vla_train.trainer import train
+    from vla_train.loop import train
 
-    cfg = compose_config(
+    config = load_config(
         ["experiment=smoke", f"task.dataset.root={root}", "device=cpu", *overrides]
     )
-    return train(cfg, run_dir)
+    return train(config, run_dir)
 
 
 def _curve(run_dir: Path) -> list[dict]:
