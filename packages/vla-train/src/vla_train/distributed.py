@@ -101,6 +101,15 @@ class ShardedEpochSampler:
             yield shard[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
+    """`[obj of rank 0, obj of rank 1, ...]` on every rank (`[obj]` without a process group)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 @torch.no_grad()
 def replica_divergence(module: torch.nn.Module, info: DistInfo) -> float:
     """Max |θ_rank − θ_rank0| over all parameters and ranks: 0.0 when DDP kept replicas in

@@ -31,9 +31,16 @@ from vla_train.checkpoint import (
     set_rng_state,
 )
 from vla_train.config import TrainConfig
-from vla_train.distributed import DistInfo, barrier, init_distributed, shutdown, spawn_local
-from vla_train.ema import EMA
-from vla_train.loggers import MetricLogger, NullLogger, build_logger
+from vla_train.distributed import (
+    DistInfo,
+    all_gather_object,
+    barrier,
+    init_distributed,
+    shutdown,
+    spawn_local,
+)
+from vla_train.ema import build_ema
+from vla_train.loggers import RunLog
 from vla_train.parallel import parallelize, resolve_strategy
 from vla_train.recipes import RunSummary, make_recipe
 from vla_train.schedule import cosine_with_warmup, set_learning_rate
@@ -66,15 +73,6 @@ def train_local_processes(
     return json.loads((run_dir / METRICS_FILE).read_text())
 
 
-def _rank_rng_states(info: DistInfo) -> list[Any]:
-    state = rng_state()
-    if not info.enabled:
-        return [state]
-    gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, state)
-    return gathered
-
-
 def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     tc, device = config.train, info.device
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,23 +96,10 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
     optimizer = recipe.optimizer(model)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     params = [p for p in model.parameters() if p.requires_grad]
-    e = tc.ema
-    ema = (
-        EMA(
-            model,
-            power=e.power,
-            max_decay=e.max_decay,
-            min_decay=e.min_decay,
-            update_after_step=e.update_after_step,
-        )
-        if e.enabled
-        else None
-    )
+    ema = build_ema(model, tc.ema)
     ema_model = ema.model if ema is not None else None
     strategy = resolve_strategy(config.parallel.strategy, info.world_size)
-    sharded = tc.checkpoint_format == "dcp" or (
-        tc.checkpoint_format == "auto" and strategy == "fsdp2"
-    )
+    sharded = tc.checkpoint_format == "dcp" or (tc.checkpoint_format, strategy) == ("auto", "fsdp2")
 
     step, trained_s, recipe_state = 0, 0.0, None
     ckpt = latest_checkpoint(run_dir) if config.resume else None
@@ -139,25 +124,21 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
     start_step = step
     recipe.start(recipe_state)
 
-    logger: MetricLogger = NullLogger()
+    run_log = RunLog.open(
+        config.logger,
+        run_dir,
+        config.run_name,
+        config.composed,
+        is_main=info.is_main,
+        curve_file=CURVE_FILE,
+    )
     if info.is_main:
-        lc = config.logger
-        logger = build_logger(
-            lc.backend,
-            run_dir=run_dir,
-            project=lc.project,
-            run_name=config.run_name,
-            mode=lc.mode,
-            config=dict(config.composed),
-        )
         log.info(
-            "run %s: recipe %s, %d params, world %d (%s), device %s",
+            "run %s: recipe %s, world %d (%s)",
             config.run_name,
             config.recipe,
-            sum(p.numel() for p in model.parameters()),
             info.world_size,
             strategy,
-            device,
         )
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -169,14 +150,6 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
         return cosine_with_warmup(
             at, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps, min_ratio=tc.min_lr_ratio
         )
-
-    curve = (run_dir / CURVE_FILE).open("a") if info.is_main else None
-
-    def record(metrics: dict[str, float], at: int) -> None:
-        if curve is not None:
-            logger.log(metrics, at)
-            curve.write(json.dumps({"step": at, **metrics}) + "\n")
-            curve.flush()
 
     t_train = time.perf_counter()
 
@@ -190,7 +163,7 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
             config=recipe.checkpoint_config(),
             train_state={
                 "ema": ema.state_dict() if ema is not None else {},
-                "rng": _rank_rng_states(info),
+                "rng": all_gather_object(info, rng_state()),
                 "recipe": recipe.state_dict(),
                 "loop": {"train_wall_s": trained_s + time.perf_counter() - t_train},
             },
@@ -236,7 +209,7 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
                 metrics = {"train/loss": losses[-1], "train/lr": lr, **extras}
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = float(grad_norm)
-                record(metrics, step)
+                run_log.record(metrics, step)
                 pbar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
             pbar.update(1)
             if (ckpt_every > 0 and step % ckpt_every == 0) or step == tc.max_steps:
@@ -246,14 +219,13 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
             event = recipe.between_steps(step, ema_model if ema_model is not None else model)
             if event is not None:
                 if event.metrics:
-                    record(dict(event.metrics), step)
+                    run_log.record(event.metrics, step)
                 if event.checkpoint:
                     checkpoint(step)
         segment_s = time.perf_counter() - t_train
     finally:
         pbar.close()
-        if curve is not None:
-            curve.close()
+        run_log.close_curve()
         recipe.close()
 
     run = RunSummary(
@@ -264,10 +236,11 @@ def _train(config: TrainConfig, run_dir: Path, info: DistInfo) -> dict[str, Any]
         segment_train_wall_s=segment_s,
         losses=losses,
         ema_model=ema_model,
+        log=lambda metrics: run_log.record(metrics, step),
     )
     metrics_out = recipe.finish(model, run)
     if info.is_main:
         atomic_write_json(run_dir / METRICS_FILE, metrics_out, indent=2)
-        logger.close()
+        run_log.logger.close()
     barrier(info)
     return metrics_out

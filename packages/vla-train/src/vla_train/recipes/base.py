@@ -6,7 +6,7 @@ checkpoints, logging."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ class RunSummary:
     segment_train_wall_s: float  # this process only
     losses: list[float]  # the logged (all-reduced) losses of this segment
     ema_model: nn.Module | None
+    log: Callable[[Mapping[str, float]], None]  # record final scalars at the last step
 
 
 class Recipe(Protocol):

@@ -268,11 +268,14 @@ class PushTIMF:
         eval_model: Any = run.ema_model if (run.ema_model is not None and ev.use_ema) else model
         video_dir = self.run_dir / "videos" if ev.n_videos > 0 else None
         res = run_evaluation(eval_model, cfg, device, video_dir)
+        run.log(res.summary())
         # The same final weights sampled on other grids (e.g. iMF 2-NFE), same episodes.
         by_steps = {
             n: run_evaluation(eval_model, cfg, device, None, num_inference_steps=n)
             for n in ev.also_inference_steps
         }
+        for n, extra in by_steps.items():
+            run.log({f"{k}@{n}steps": v for k, v in extra.summary().items()})
         obs = first_observation(
             cfg.task.env_obs_type, obs_keys(cfg), cfg.task.n_obs_steps, ev.start_seed, device
         )
