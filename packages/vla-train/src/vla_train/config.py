@@ -247,7 +247,7 @@ def _check_renamed(raw: Mapping[str, Any]) -> None:
     old = sorted(k for k in RENAMED if k in present)
     if old:
         moves = ", ".join(f"{k} -> {RENAMED[k]}" for k in old)
-        raise ValueError(f"renamed config keys (vla-train CHANGELOG, "One trainer"): {moves}")
+        raise ValueError(f"renamed config keys (vla-train CHANGELOG, 'One trainer'): {moves}")
 
 
 def _build(cls: type, given: Mapping[str, Any] | None, where: str, **fixed: Any) -> Any:
