@@ -1,7 +1,8 @@
 """Build (or load) the pi0 / pi0.5 policy to fine-tune and apply the training-time choices from
 outside the model: weights, freezing, LoRA and the LightVLA image-token pruner.
 
-This is the one place where the Hydra `vla.policy` block becomes vla-core / vla-prune dataclasses.
+`PolicyConfig` (built from `vla.policy` by vla_train.config) becomes vla-core / vla-prune objects
+here; activation checkpointing is applied by vla_train.parallel.parallelize.
 """
 
 from __future__ import annotations
