@@ -15,7 +15,7 @@ from vla_core import PI0Model
 from vla_core._testing import random_actions, random_observation, tiny_pi0_config
 from vla_train._testing import load_config
 from vla_train.config import from_dict
-from vla_train.recipes.vla_finetune import global_batch_indices
+from vla_train.distributed import ShardedEpochSampler
 from vla_train.schedule import cosine_with_warmup
 from vla_train.vla import (
     LoRAConfig,
@@ -182,11 +182,15 @@ def test_schedule_and_batches_are_pure_functions() -> None:
     assert cosine_with_warmup(1, **kw) == pytest.approx(1.0)
     assert cosine_with_warmup(2, **kw) == pytest.approx(1.0)
     assert cosine_with_warmup(10, **kw) == pytest.approx(0.1)
-    a = global_batch_indices(10, 4, step=3, seed=0)
-    assert a == global_batch_indices(10, 4, step=3, seed=0) and len(set(a)) == 4
-    assert sorted(global_batch_indices(10, 5, 0, 0) + global_batch_indices(10, 5, 1, 0)) == list(
-        range(10)
-    )
+    # One sampler for every recipe: the global batch of each step is the same whatever the
+    # number of processes (rank r holds its rows r, r + W, ...), so N-process runs see the
+    # 1-process batches.
+    one = ShardedEpochSampler(10, 4, rank=0, world_size=1, seed=0)
+    two = [ShardedEpochSampler(10, 2, rank=r, world_size=2, seed=0) for r in range(2)]
+    assert len(one) == len(two[0]) == 2
+    for epoch in (0, 3):
+        for a, b, c in zip(one.batches(epoch), two[0].batches(epoch), two[1].batches(epoch)):
+            assert a[0::2] == b and a[1::2] == c
 
 
 def test_hydra_experiments_compose_into_configs() -> None:

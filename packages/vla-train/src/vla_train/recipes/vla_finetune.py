@@ -3,10 +3,11 @@ with LoRA and LightVLA token pruning (vla-prune); 1 process, DDP or FSDP2 (`para
 
 Determinism is by construction, so that resume and N-process runs reproduce a 1-process run
 (openpi `scripts/train.py` / lerobot `scripts/lerobot_train.py` semantics):
-- the global batch of step k is a fixed slice of a permutation seeded by (seed, epoch); rank r
-  takes its contiguous `batch_size / world_size` part;
+- the global batch of step k is a fixed slice of a permutation seeded by (seed, epoch), dealt
+  round-robin to the ranks by the loop's one sampler (`ShardedEpochSampler`, shared with
+  `pusht_imf`): rank r holds global rows r, r + W, r + 2W, …;
 - flow-matching noise and time for the *global* batch come from a generator seeded by
-  (seed, step) and each rank slices its rows;
+  (seed, step) and each rank takes the same rows;
 - the loss is `Σ mask·(v − u)² / (b · H · action_dim)` (a fixed denominator, lerobot's masked
   mean), so the mean of the rank losses equals the 1-process loss and DDP / FSDP2 gradient
   averaging gives the 1-process gradient.
@@ -32,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from vla_core import JointDecoderLayer, PI0Model, save_pretrained
 from vla_prune import ImageTokenPruner
 from vla_train.config import TrainConfig
-from vla_train.distributed import DistInfo
+from vla_train.distributed import DistInfo, ShardedEpochSampler
 from vla_train.parallel import resolve_strategy
 from vla_train.recipes.base import RunSummary, StepEvent
 from vla_train.vla.data import VLADataset, collate
@@ -41,23 +42,9 @@ from vla_train.vla.policy import build_policy, optimizer_param_groups, trainable
 from vla_train.vla.synthetic import write_synthetic_dataset
 from vla_train.vla.tokenizer import load_tokenizer
 
-__all__ = ["FlowLoss", "VLAFinetune", "export_policy", "global_batch_indices"]
+__all__ = ["FlowLoss", "VLAFinetune", "export_policy"]
 
 log = logging.getLogger(__name__)
-
-
-def global_batch_indices(num_samples: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Dataset indices of step `step`'s global batch (epochs of seeded permutations, tail dropped)."""
-    per_epoch = num_samples // batch_size
-    if per_epoch < 1:
-        raise ValueError(
-            f"dataset has {num_samples} samples, fewer than the batch size {batch_size}"
-        )
-    epoch, slot = divmod(step, per_epoch)
-    order = torch.randperm(
-        num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
-    )
-    return order[slot * batch_size : (slot + 1) * batch_size].tolist()
 
 
 class FlowLoss(nn.Module):
@@ -127,7 +114,7 @@ class VLAFinetune:
                 f"train.batch_size={batch} (global) is not divisible by {info.world_size} processes"
             )
         self.local_batch = batch // info.world_size
-        self.rows = slice(info.rank * self.local_batch, (info.rank + 1) * self.local_batch)
+        self.rows = slice(info.rank, None, info.world_size)  # the sampler's round-robin deal
         self.noise_scales: list[float | None] = []
 
     def _data_root(self) -> str:
@@ -161,6 +148,18 @@ class VLAFinetune:
                 f"dataset has cameras {self.dataset.camera_keys}, the model expects "
                 f"{mc.num_cameras}"
             )
+        self.sampler = ShardedEpochSampler(
+            len(self.dataset),
+            self.local_batch,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            seed=self.config.seed,
+        )
+        if len(self.sampler) == 0 or self.sampler.batch_size != self.local_batch:
+            raise ValueError(
+                f"dataset has {len(self.dataset)} samples, fewer than train.batch_size="
+                f"{self.config.train.batch_size}"
+            )
         token_filter = model.image_token_filter
         self.pruner = token_filter if isinstance(token_filter, ImageTokenPruner) else None
         self.noise_schedule = vla.policy.pruning.schedule_for(self.config.train.max_steps)
@@ -193,8 +192,9 @@ class VLAFinetune:
             self.pruner.set_noise_scale(scale)
             self.noise_scales.append(scale)
         seed, device = self.config.seed, self.info.device
-        indices = global_batch_indices(len(self.dataset), self.config.train.batch_size, step, seed)
-        batch = collate([self.dataset[i] for i in indices[self.rows]]).to(device)
+        epoch, slot = divmod(step, len(self.sampler))  # the data position is a function of the step
+        indices = next(self.sampler.batches(epoch, slot))
+        batch = collate([self.dataset[i] for i in indices]).to(device)
         # Noise [B, H, P] and time [B] of the global batch, identical on every rank: the model's
         # own samplers under a CPU RNG forked and seeded by (seed, step).
         mc, size = self.model.config, self.config.train.batch_size
@@ -207,7 +207,7 @@ class VLAFinetune:
             "batch": batch,
             "noise": noise[self.rows].to(device),
             "time": flow_time[self.rows].to(device),
-        }, {}
+        }, {"train/epoch": float(epoch)}
 
     def between_steps(self, step: int, eval_model: nn.Module) -> StepEvent | None:
         return None
