@@ -5,7 +5,6 @@ probes, and the table of peak bf16 tensor-core TFLOP/s used for FLOP utilisation
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vla_train.atomic import atomic_write_text
 
 # Dense (no sparsity) bf16 tensor-core peaks with fp32 accumulation, TFLOP/s, from the vendors'
 # datasheets. Matched against torch.cuda.get_device_name() lower-cased, first match wins (so the
@@ -148,10 +149,7 @@ class Recorder:
 
     def write(self) -> None:
         self.payload["meta"]["elapsed_s"] = round(self.elapsed_s(), 2)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_suffix(self.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.payload, indent=2, default=str))
-        os.replace(tmp, self.out)
+        atomic_write_text(self.out, json.dumps(self.payload, indent=2, default=str))
 
 
 def _short(result: dict[str, Any]) -> str:

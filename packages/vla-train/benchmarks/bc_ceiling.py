@@ -75,17 +75,20 @@ def fit_bc(ds: LeRobotWindowDataset, steps: int, batch: int, hidden: int, seed: 
 
 def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
     """The regressor trained on a run's own training set, evaluated like the run."""
-    from omegaconf import OmegaConf
-
-    from vla_train.trainer.build import build_dataset, dataset_root, with_dagger_rounds
-    from vla_train.trainer.checkpoint import latest_checkpoint, load_train_state
-    from vla_train.trainer.rollouts import in_policy_frame, world_policy
+    from vla_train.checkpoint import latest_checkpoint, load_train_state
+    from vla_train.config import from_dict
+    from vla_train.pusht.rollouts import in_policy_frame, world_policy
+    from vla_train.recipes.pusht_imf import build_dataset, dataset_root, with_dagger_rounds
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint")
-    cfg = OmegaConf.create(json.loads((ckpt / "config.json").read_text())["hydra"])
-    rounds = int(load_train_state(ckpt)["position"].get("dagger_round", 0))
+    cfg = from_dict(json.loads((ckpt / "config.json").read_text())["hydra"]).pusht
+    if cfg is None:
+        raise ValueError(f"{run_dir} is not a pusht_imf run")
+    state = load_train_state(ckpt)
+    position = state.get("recipe") or state.get("position") or {}  # "position": before 0.3.0
+    rounds = int(position.get("dagger_round", 0))
     data = in_policy_frame(
         with_dagger_rounds(build_dataset(cfg, dataset_root(cfg)), run_dir, rounds), cfg
     )
@@ -96,7 +99,7 @@ def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
     predict = world_policy(type("Wrapped", (), {"predict_action": staticmethod(net)})(), cfg)
     r = evaluate(
         predict, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=N_OBS_STEPS,
-        n_episodes=args.n_test, n_envs=25, start_seed=int(cfg.eval.start_seed),
+        n_episodes=args.n_test, n_envs=25, start_seed=cfg.eval.start_seed,
     )  # fmt: skip
     label = f"{run_dir.name} (+{rounds} DAgger rounds, frame {cfg.task.frame})"
     return [result_row(label, len(data), args, train_s, r)]

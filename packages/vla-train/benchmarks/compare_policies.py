@@ -1,7 +1,7 @@
 """Side-by-side PushT low-dim comparison on the same data and training budget:
 iMF-AttnRes-full (1 step) vs iMF-vanilla (1 step) vs flow matching on AttnRes (10 steps).
 
-Each policy is trained by the real trainer (`vla_train.trainer.train`), evaluated on the same
+Each policy is trained by the real trainer (`vla_train.loop.train`), evaluated on the same
 seeded gym-pusht episodes with its EMA weights, and timed for one batch-1 action prediction.
 Prints one table (ratios relative to the flow-matching baseline) and writes JSON to --out.
 
@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from vla_train.trainer import train
-from vla_train.trainer._testing import compose_config
+from vla_train._testing import load_config
+from vla_train.loop import train
 
 POLICIES = (
     ("imf_attnres_full", "iMF AttnRes-full, 1 step"),
@@ -41,7 +41,7 @@ def main() -> None:
     labels = dict(POLICIES)
     rows = []
     for policy in args.policies:
-        cfg = compose_config(
+        cfg = load_config(
             [
                 f"policy={policy}",
                 f"policy.n_emb={args.n_emb}",
@@ -56,7 +56,7 @@ def main() -> None:
             ]
         )
         tic = time.perf_counter()
-        m = train(cfg, args.runs / str(cfg.run_name))
+        m = train(cfg, args.runs / cfg.run_name)
         rows.append(
             {
                 "policy": policy,

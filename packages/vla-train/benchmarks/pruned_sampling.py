@@ -10,7 +10,6 @@ is measured with forward hooks, so its overhead can be read against the latency 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ from torch import nn
 from vla_core import GemmaConfig, JointEngineConfig, PI0Config, PI0Model, SiglipConfig
 from vla_core._testing import perturb_adarms, random_observation
 from vla_prune import ImageTokenPruner, PrunerConfig
+from vla_train.atomic import atomic_write_json
 
 # Reduced widths with the real structure: 3 cameras x 256 patches at 224² + 48 prompt tokens.
 BACKBONE = GemmaConfig(
@@ -160,9 +160,7 @@ def main() -> None:
         },
     }
     out = Path(args.out)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, payload, indent=2)
     print(f"wrote {out}")
 
 

@@ -26,10 +26,11 @@ import json, sys, time, torch
 threads, compile_, steps = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 torch.set_num_threads(threads)
 from vla_imf import IMFPolicy
-from vla_train.trainer.build import compose_config, policy_config
+from vla_train._testing import load_config
 from vla_imf._testing import random_batch
-cfg = compose_config([])
-policy = IMFPolicy(policy_config(cfg))
+pusht = load_config([]).pusht
+assert pusht is not None
+policy = IMFPolicy(pusht.policy)
 stats = {k: {"min": torch.zeros(d), "max": torch.full((d,), 512.0), "mean": torch.zeros(d),
              "std": torch.ones(d)} for k, d in (("observation.state", 2),
              ("observation.environment_state", 16), ("action", 2))}

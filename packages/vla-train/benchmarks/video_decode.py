@@ -16,7 +16,6 @@ One decoder thread per process (as in DataLoader workers).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import av
 import numpy as np
 
+from vla_train.atomic import atomic_write_json
 from vla_train.data import FeatureSpec, LeRobotWriter, read_frames
 from vla_train.data.video import VideoEncoderSettings
 
@@ -131,10 +131,7 @@ def main() -> None:
         payload = {"results": results, "args": {k: str(v) for k, v in vars(args).items()},
                    "av": av.__version__, "machine": platform.machine(),
                    "note": "shared 2-core CPU; timings are indicative"}  # fmt: skip
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-        tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp_out.replace(args.out)
+        atomic_write_json(args.out, payload, indent=2)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from vla_core import (
 )
 from vla_core._testing import perturb_adarms, random_observation
 from vla_prune import ImageTokenPruner, NoiseSchedule, PrunerConfig
+from vla_train.atomic import atomic_write_json
 
 BACKBONE = GemmaConfig(
     width=256, depth=4, mlp_dim=1024, num_heads=8, num_kv_heads=1, head_dim=32, vocab_size=1024
@@ -186,7 +186,7 @@ def main() -> None:
             "torch": torch.__version__}  # fmt: skip
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_json(Path(args.out), {"meta": meta, "rows": rows}, indent=2)
     print(f"wrote {args.out}")
 
 

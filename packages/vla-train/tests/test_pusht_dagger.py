@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vla_train._testing import load_config, write_random_walk_dataset
 from vla_train.data import LeRobotWindowDataset, read_frames
 from vla_train.pusht.dagger import DaggerConfig, collect_round, load_round_result, write_round
 from vla_train.pusht.episodes import make_env
 from vla_train.pusht.expert import PushTExpert
 from vla_train.pusht.labels import ExpertLabeler, label_state, observe
 from vla_train.pusht.sim import snapshot
-from vla_train.trainer._testing import compose_config, write_random_walk_dataset
 
 OBS_KEYS = ("observation.state", "observation.environment_state")
 
@@ -79,13 +79,19 @@ def test_rounds_may_not_use_the_test_seeds() -> None:
 
 
 def test_default_config_composes_with_valid_dagger_knobs() -> None:
-    from vla_train.trainer.build import dagger_config
-
-    cfg = compose_config([])
-    config = dagger_config(cfg)
+    pusht = load_config([]).pusht
+    assert pusht is not None
+    config = pusht.task.dagger
     assert config.rounds >= 1 and 0.0 <= config.beta <= 1.0
     with pytest.raises(ValueError, match=r"task\.dagger"):
-        dagger_config(compose_config(["+task.dagger.bogus=1"]))
+        load_config(["+task.dagger.bogus=1"])
+    from vla_train.distributed import DistInfo
+    from vla_train.recipes.pusht_imf import PushTIMF
+
+    image = load_config(["task=pusht_image", "task.dagger.rounds=2"])
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"task\.dagger\.rounds=2: .* low-dim"):
+        PushTIMF(image, Path("unused"), info)
 
 
 class _ConstantPolicy:
@@ -221,9 +227,9 @@ def walk_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(root: Path, run_dir: Path, *overrides: str) -> dict:
-    from vla_train.trainer import train
+    from vla_train.loop import train
 
-    cfg = compose_config(
+    config = load_config(
         [
             "experiment=smoke",
             f"task.dataset.root={root}",
@@ -238,7 +244,7 @@ def _train(root: Path, run_dir: Path, *overrides: str) -> dict:
             *overrides,
         ]
     )
-    return train(cfg, run_dir)
+    return train(config, run_dir)
 
 
 def _curve(run_dir: Path) -> list[dict]:

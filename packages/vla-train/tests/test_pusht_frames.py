@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vla_train._testing import write_random_walk_dataset
 from vla_train.pusht.expert import T_KEYPOINTS, to_world
 from vla_train.pusht.frames import (
     BlockFrameDataset,
@@ -19,7 +20,6 @@ from vla_train.pusht.frames import (
     check_frame,
 )
 from vla_train.pusht.sim import GOAL_POSE
-from vla_train.trainer._testing import write_random_walk_dataset
 
 KEYS = ("observation.state", "observation.environment_state")
 

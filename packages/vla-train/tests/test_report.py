@@ -73,8 +73,8 @@ def test_cli_prints_the_table_and_fails_cleanly(sweep: Path, tmp_path: Path, cap
 
 
 def test_report_mode_of_the_hydra_app(sweep: Path, tmp_path: Path) -> None:
+    from vla_train._testing import compose_config
     from vla_train.cli import run
-    from vla_train.trainer._testing import compose_config
 
     cfg = compose_config(["experiment=report", f"report.sweep_dir={sweep}"])
     paths = run(cfg, tmp_path)

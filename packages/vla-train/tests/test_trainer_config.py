@@ -1,15 +1,17 @@
 """Pins the Hydra app: every experiment / policy / task composes through the compose API and
-turns into a valid `IMFPolicyConfig`; run names encode backbone/size/seed; the sweep grid and
-the submitit launcher compose from config alone."""
+turns into a valid `TrainConfig` (with an `IMFPolicyConfig` for pusht_imf); groups a recipe does
+not use are not composed for it; renamed keys fail naming the new key; run names encode
+backbone/size/seed; the sweep grid and the submitit launcher compose from config alone."""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import pytest
 from omegaconf import OmegaConf
 
-from vla_train.trainer._testing import compose_config
+from vla_train._testing import compose_config, load_config
 
 
 def _group(name: str) -> list[str]:
@@ -37,14 +39,22 @@ def test_groups_ship_as_package_data() -> None:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_into_a_policy_config(experiment: str) -> None:
-    from vla_train.trainer import policy_config
-
-    cfg = compose_config([f"experiment={experiment}"])
+def test_every_experiment_composes_into_a_train_config(experiment: str) -> None:
+    overrides = [f"experiment={experiment}"]
+    if compose_config(overrides).recipe == "vla_finetune":
+        overrides.append("vla.data.root=/x")
+    cfg = compose_config(overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    if cfg.mode != "train" or not str(cfg.task.name).startswith("pusht"):
-        return  # e.g. experiment=report: composing and resolving is the whole contract
-    pcfg = policy_config(cfg)
+    if cfg.mode != "train":
+        return  # experiment=report: composing and resolving is the whole contract
+    config = load_config(overrides)
+    assert config.recipe == cfg.recipe
+    if config.recipe == "vla_finetune":
+        # The PushT groups are not composed for fine-tuning.
+        assert not {"task", "policy", "eval"} & set(cfg) and config.pusht is None
+        return
+    assert config.pusht is not None and config.vla is None and "vla" not in cfg
+    pcfg = config.pusht.policy
     assert pcfg.n_emb == cfg.policy.n_emb and pcfg.n_layer == cfg.policy.n_layer
     assert pcfg.horizon == cfg.task.horizon and pcfg.n_action_steps == cfg.task.n_action_steps
     assert list(pcfg.lowdim_keys) == list(cfg.task.lowdim_keys)
@@ -53,9 +63,7 @@ def test_every_experiment_composes_into_a_policy_config(experiment: str) -> None
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("task", TASKS)
 def test_every_policy_task_pair_composes(policy: str, task: str) -> None:
-    from vla_train.trainer import policy_config
-
-    pcfg = policy_config(compose_config([f"policy={policy}", f"task={task}"]))
+    pcfg = load_config([f"policy={policy}", f"task={task}"]).pusht.policy  # type: ignore[union-attr]
     assert pcfg.backbone == compose_config([f"policy={policy}"]).policy.backbone
     assert (len(pcfg.image_keys) > 0) == (task == "pusht_image")
     if policy == "flow_matching":
@@ -69,7 +77,7 @@ def test_default_is_lowdim_attnres_full() -> None:
     assert cfg.task.name == "pusht_lowdim"
     assert cfg.policy.backbone == "attnres_full" and cfg.policy.objective == "imf"
     assert cfg.logger.backend == "tensorboard"
-    assert cfg.mode == "train"
+    assert cfg.mode == "train" and cfg.recipe == "pusht_imf"
 
 
 def test_run_name_encodes_backbone_size_and_seed() -> None:
@@ -105,11 +113,43 @@ def test_optional_loggers_compose_offline(backend: str) -> None:
 
 
 def test_bad_policy_field_names_the_problem() -> None:
-    from vla_train.trainer import policy_config
-
-    cfg = compose_config(["+policy.extra.not_a_field=1"])
     with pytest.raises(ValueError, match="not_a_field"):
-        policy_config(cfg)
-    cfg = compose_config(["policy.n_emb=100", "policy.n_head=3"])
+        load_config(["+policy.extra.not_a_field=1"])
     with pytest.raises(ValueError, match="n_emb"):
-        policy_config(cfg)
+        load_config(["policy.n_emb=100", "policy.n_head=3"])
+    with pytest.raises(ValueError, match=r"train\.bogus"):
+        load_config(["+train.bogus=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "new_key"),
+    [
+        ("+vla.optim.max_steps=3", "train.max_steps"),
+        ("+vla.optim.batch_size=4", "train.batch_size"),
+        ("+vla.strategy=fsdp2", "parallel.strategy"),
+        ("+vla.fsdp_mixed_bf16=true", "parallel.mixed_bf16"),
+        ("+vla.checkpoint_every=5", "train.checkpoint_every_steps"),
+        ("+vla.log_every=5", "train.log_every_steps"),
+        ("+vla.policy.gradient_checkpointing=true", "parallel.activation_checkpointing"),
+        ("mode=vla_finetune", "recipe=vla_finetune"),
+    ],
+)
+def test_renamed_keys_fail_naming_the_new_key(override: str, new_key: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(new_key)):
+        load_config(["experiment=pi05_finetune_tiny", override])
+
+
+def test_help_lists_the_recipes_and_main_knobs() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "vla_train.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    words = ("recipe: pusht_imf, vla_finetune", "task.dataset.root", "vla.data.root", "max_steps")
+    for word in (*words, "parallel.{strategy", "batch_size (global)"):
+        assert word in proc.stdout, word

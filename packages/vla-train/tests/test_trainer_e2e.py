@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vla_train.trainer._testing import compose_config, write_random_walk_dataset
+from vla_train._testing import load_config, write_random_walk_dataset
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,12 @@ def walk_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(root: Path, run_dir: Path, *overrides: str) -> dict:
-    from vla_train.trainer import train
+    from vla_train.loop import train
 
-    cfg = compose_config(
+    config = load_config(
         ["experiment=smoke", f"task.dataset.root={root}", "device=cpu", *overrides]
     )
-    return train(cfg, run_dir)
+    return train(config, run_dir)
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -104,8 +104,15 @@ def test_resume_reproduces_the_uninterrupted_run(walk_dataset: Path, tmp_path: P
     # "Crash" after step 15: drop the later checkpoint and resume from the mid-run one.
     shutil.rmtree(ckpts / "step_0000030")
     (ckpts / "latest").write_text("step_0000015")
+    first_segment_s = json.loads((run / "metrics.json").read_text())["train_wall_s"]
     metrics = _train(walk_dataset, run, "resume=true")
-    assert metrics["steps"] == 30
+    assert metrics["steps"] == 30 and metrics["start_step"] == 15
+    # The summary counts the training time of both segments (it used to say `train 0 s`).
+    assert metrics["train_wall_s"] > metrics["segment_train_wall_s"] > 0
+    assert metrics["train_wall_s"] < first_segment_s + metrics["segment_train_wall_s"]
+    from vla_train.recipes import format_summary
+
+    assert "resumed at step 15" in format_summary("pusht_imf", metrics, run)
     resumed_curve = _curve(run)[30:]
     assert [c["step"] for c in resumed_curve] == list(range(16, 31))
     for a, b in zip(full_curve[15:], resumed_curve):
@@ -116,6 +123,20 @@ def test_resume_reproduces_the_uninterrupted_run(walk_dataset: Path, tmp_path: P
         assert torch.equal(value, resumed[key]), key
     for key, value in uninterrupted_ema.items():
         assert torch.equal(value, resumed_ema[key]), key
+
+
+def test_resume_of_a_finished_run_reports_the_time_it_trained(
+    walk_dataset: Path, tmp_path: Path
+) -> None:
+    """Killed after the last checkpoint (e.g. during the final evaluation) and resumed: no step is
+    left to train, and the summary still reports the seconds the run trained."""
+    run = tmp_path / "run"
+    first = _train(walk_dataset, run, "train.max_steps=4")
+    again = _train(walk_dataset, run, "train.max_steps=4", "resume=true")
+    assert again["steps"] == 4 and again["start_step"] == 4
+    assert again["segment_train_wall_s"] < again["train_wall_s"] <= first["train_wall_s"]
+    assert again["train_wall_s"] > 0
+    assert again["eval"]["max_coverage"] == first["eval"]["max_coverage"]
 
 
 def test_resume_without_checkpoint_starts_fresh(walk_dataset: Path, tmp_path: Path) -> None:

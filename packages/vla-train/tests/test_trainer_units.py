@@ -1,5 +1,6 @@
 """Pins the trainer's small parts against closed forms: warmup+cosine schedule, EMA decay rule
-and averaging, epoch sharding across ranks, atomic checkpoint round trip incl. RNG state."""
+and averaging, epoch sharding across ranks, atomic checkpoint round trips (safetensors and DCP)
+incl. RNG state, the atomic writers and the GIF writer."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from vla_train.trainer.checkpoint import (
-    Position,
+from vla_train.atomic import atomic_dir, atomic_write_text, write_gif
+from vla_train.checkpoint import (
     latest_checkpoint,
+    load_checkpoint,
     load_train_state,
     load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from vla_train.trainer.distributed import ShardedEpochSampler
-from vla_train.trainer.ema import EMA
-from vla_train.trainer.schedule import build_scheduler, cosine_with_warmup
+from vla_train.distributed import ShardedEpochSampler
+from vla_train.ema import EMA
+from vla_train.schedule import cosine_with_warmup, set_learning_rate
 
 
 def test_schedule_warms_up_linearly_then_follows_half_cosine() -> None:
@@ -39,14 +41,20 @@ def test_schedule_warms_up_linearly_then_follows_half_cosine() -> None:
         cosine_with_warmup(0, warmup_steps=1, max_steps=10, min_ratio=2.0)
 
 
-def test_scheduler_drives_the_optimizer_lr() -> None:
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=2.0)
-    sched = build_scheduler(opt, warmup_steps=4, max_steps=8, min_ratio=0.0)
+def test_schedule_drives_the_optimizer_lr_like_lambda_lr() -> None:
+    """`set_learning_rate(base · factor(step))` gives LambdaLR's numbers bit for bit (the PushT
+    default's learning rates did not move when the loop stopped using LambdaLR)."""
+    kw = {"warmup_steps": 4, "max_steps": 8, "min_ratio": 0.0}
+    p, q = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [p]}, {"params": [q], "lr": 0.3}], lr=2.0)
+    ref = torch.optim.AdamW([{"params": [p]}, {"params": [q], "lr": 0.3}], lr=2.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(ref, lambda s: cosine_with_warmup(s, **kw))
+    base = [g["lr"] for g in opt.param_groups]
     lrs = []
-    for _ in range(8):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
+    for step in range(8):
+        lrs.append(set_learning_rate(opt, base, cosine_with_warmup(step, **kw))[0])
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in ref.param_groups]
+        ref.step()
         sched.step()
     assert lrs[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])
     assert lrs[4] == pytest.approx(2.0) and lrs[-1] < lrs[4]
@@ -97,7 +105,8 @@ def test_rng_state_round_trip_restores_every_generator() -> None:
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
 
-def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharded", [False, True])
+def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path, sharded: bool) -> None:
     torch.manual_seed(0)
     model, ema_model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), nn.Linear(4, 4)
     model.register_buffer("stat", torch.arange(4.0))
@@ -107,12 +116,14 @@ def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path) -> 
     for step in (10, 20, 30):
         path = save_checkpoint(
             tmp_path,
-            position=Position(step, 1, 2),
+            step,
             model=model,
+            optimizer=opt,
             ema_model=ema_model,
             config={"a": 1},
-            train_state={"optimizer": opt.state_dict()},
+            train_state={"recipe": {"epoch": 1, "batch": 2}},
             keep_last=2,
+            sharded=sharded,
         )
     assert latest_checkpoint(tmp_path) == path
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
@@ -121,25 +132,56 @@ def test_checkpoint_round_trip_is_exact_and_latest_is_atomic(tmp_path: Path) -> 
         "step_0000030",
     ]  # no temp dirs left, pruned to keep_last
     state = load_train_state(path)  # weights_only=True
-    assert state["position"] == {"step": 30, "epoch": 1, "batch": 2, "dagger_round": 0}
+    assert state["step"] == 30 and state["recipe"] == {"epoch": 1, "batch": 2}
+    assert (path / "model.safetensors").is_file() != sharded
     clone = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     clone.register_buffer("stat", torch.zeros(4))
-    load_weights(clone, path / "model.safetensors")
+    ema_clone = nn.Linear(4, 4)
+    opt2 = torch.optim.AdamW(clone.parameters(), lr=1e-3)
+    if sharded:  # DCP restores optimizer state into existing state entries
+        clone(torch.randn(2, 4)).sum().backward()
+        opt2.step()
+    load_checkpoint(path, model=clone, optimizer=opt2, ema_model=ema_clone)
     for (k, v), (k2, v2) in zip(model.state_dict().items(), clone.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
-    opt2 = torch.optim.AdamW(clone.parameters(), lr=1e-3)
-    opt2.load_state_dict(state["optimizer"])
+    assert torch.equal(ema_clone.weight, ema_model.weight)
     torch.testing.assert_close(
         opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
     )
-    with pytest.raises(KeyError, match="missing keys"):
-        load_weights(nn.Linear(4, 4), path / "model.safetensors")
+    if not sharded:
+        with pytest.raises(KeyError, match="missing keys"):
+            load_weights(nn.Linear(4, 4), path / "model.safetensors")
+
+
+def test_atomic_writers_leave_nothing_half_written(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "file.txt"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two" and sorted(p.name for p in target.parent.iterdir()) == [
+        "file.txt"
+    ]
+    folder = tmp_path / "dir"
+    with pytest.raises(RuntimeError), atomic_dir(folder) as tmp:
+        (tmp / "x").write_text("partial")
+        raise RuntimeError("crash")
+    assert not folder.exists() and list(tmp_path.iterdir()) == [tmp_path / "a"]
+    with atomic_dir(folder) as tmp:
+        (tmp / "x").write_text("done")
+    assert (folder / "x").read_text() == "done"
+    frames = [np.full((8, 8, 3), v, np.uint8) for v in (0, 128, 255)]
+    write_gif(frames, tmp_path / "g.gif", size=4)
+    from PIL import Image
+
+    with Image.open(tmp_path / "g.gif") as im:
+        assert im.size == (4, 4) and im.n_frames == 3
+    with pytest.raises(ValueError, match="no frames"):
+        write_gif([], tmp_path / "empty.gif")
 
 
 def test_loggers_tensorboard_default_optional_extras_named(tmp_path: Path) -> None:
     import importlib.util
 
-    from vla_train.trainer.loggers import build_logger
+    from vla_train.loggers import build_logger
 
     kw = {"run_dir": tmp_path, "project": "p", "run_name": "r", "mode": "offline", "config": {}}
     tb = build_logger("tensorboard", **kw)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from vla_core import load_pretrained
+from vla_train.config import EMAConfig, ParallelConfig, TrainConfig, TrainSection, VLAConfig
+from vla_train.loop import train, train_local_processes
 from vla_train.vla import (
-    FinetuneConfig,
-    OptimConfig,
     PolicyConfig,
     PruningConfig,
     TinyTokenizer,
@@ -25,8 +25,6 @@ from vla_train.vla import (
     VLADataset,
     build_policy,
     collate,
-    finetune,
-    finetune_local_processes,
     write_synthetic_dataset,
 )
 
@@ -54,23 +52,43 @@ def tiny_policy(variant: str = "pi05", **overrides: object) -> PolicyConfig:
     return PolicyConfig(**fields)  # type: ignore[arg-type]
 
 
-def run_config(root: Path, steps: int = 20, **overrides: object) -> FinetuneConfig:
-    fields: dict[str, object] = {
-        "policy": tiny_policy(),
-        "data": VLADataConfig(str(root)),
-        "optim": OptimConfig(max_steps=steps, batch_size=8, learning_rate=3e-3, warmup_steps=2),
-        "device": "cpu",
-        "log_every": 0,
-    }
-    fields.update(overrides)
-    return FinetuneConfig(**fields)  # type: ignore[arg-type]
+def run_config(
+    root: Path,
+    steps: int = 20,
+    *,
+    policy: PolicyConfig | None = None,
+    data: VLADataConfig | None = None,
+    strategy: str = "auto",
+    export: bool = True,
+    checkpoint_every: int = 0,
+    checkpoint_format: str = "auto",
+) -> TrainConfig:
+    """The `vla_finetune` recipe on the tiny model: what `experiment=pi05_finetune_tiny` sets."""
+    train_section = TrainSection(
+        max_steps=steps, batch_size=8, learning_rate=3e-3, warmup_steps=2, min_lr_ratio=0.1,
+        weight_decay=1e-10, ema=EMAConfig(enabled=False), amp_bf16=False, num_threads=None,
+        checkpoint_every_steps=checkpoint_every, checkpoint_format=checkpoint_format,
+        log_every_steps=1, progress_bar=False,
+    )  # fmt: skip
+    vla = VLAConfig(
+        policy=policy or tiny_policy(), data=data or VLADataConfig(str(root)), export=export
+    )
+    return TrainConfig(
+        recipe="vla_finetune", train=train_section, seed=0, device="cpu", vla=vla,
+        parallel=ParallelConfig(strategy=strategy),
+    )  # fmt: skip
 
 
-def fixed_batch_loss(model: torch.nn.Module, root: Path, config: FinetuneConfig) -> float:
+def finetune(config: TrainConfig, run_dir: Path, *, resume: bool = False) -> dict:
+    return train(dataclasses.replace(config, resume=resume), run_dir)
+
+
+def fixed_batch_loss(model: torch.nn.Module, root: Path, config: TrainConfig) -> float:
     """Mean masked loss over the first 16 frames with fixed noise and times."""
     mc = model.config  # type: ignore[attr-defined]
+    assert config.vla is not None
     ds = VLADataset(
-        config.data, tokenizer=TinyTokenizer(), image_size=mc.vision.image_size,
+        config.vla.data, tokenizer=TinyTokenizer(), image_size=mc.vision.image_size,
         action_horizon=mc.action_horizon, pad_dim=mc.action_dim,
         max_token_len=mc.max_token_len, variant=mc.variant,
     )  # fmt: skip
@@ -86,7 +104,8 @@ def fixed_batch_loss(model: torch.nn.Module, root: Path, config: FinetuneConfig)
 
 def test_twenty_steps_lower_the_loss_and_export_samples(dataset_root: Path, tmp_path: Path) -> None:
     config = run_config(dataset_root)
-    initial = build_policy(config.policy, seed=config.seed)
+    assert config.vla is not None
+    initial = build_policy(config.vla.policy, seed=config.seed)
     before = fixed_batch_loss(initial, dataset_root, config)
     metrics = finetune(config, tmp_path / "run")
     assert len(metrics["losses"]) == 20
@@ -96,7 +115,7 @@ def test_twenty_steps_lower_the_loss_and_export_samples(dataset_root: Path, tmp_
     obs = collate(
         [
             VLADataset(
-                config.data,
+                config.vla.data,
                 tokenizer=TinyTokenizer(),
                 image_size=56,
                 action_horizon=5,
@@ -110,16 +129,22 @@ def test_twenty_steps_lower_the_loss_and_export_samples(dataset_root: Path, tmp_
     assert actions.shape == (1, 5, 32) and torch.isfinite(actions).all()
 
 
-def test_resume_reproduces_an_uninterrupted_run(dataset_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint_format", ["safetensors", "dcp"])
+def test_resume_reproduces_an_uninterrupted_run(
+    dataset_root: Path, tmp_path: Path, checkpoint_format: str
+) -> None:
     steps = 6
     full = finetune(run_config(dataset_root, steps, export=True), tmp_path / "full")
-    config = run_config(dataset_root, steps, checkpoint_every=3, export=True)
-    first = finetune(dataclasses.replace(config, optim=dataclasses.replace(config.optim, max_steps=3)),
+    config = run_config(
+        dataset_root, steps, checkpoint_every=3, export=True, checkpoint_format=checkpoint_format
+    )
+    first = finetune(dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=3)),
                      tmp_path / "split")  # fmt: skip
     # A new config with the full length; the checkpoint at step 3 is picked up.
     second = finetune(config, tmp_path / "split", resume=True)
     assert second["start_step"] == 3
     assert first["losses"] + second["losses"] == full["losses"]
+    assert second["train_wall_s"] > second["segment_train_wall_s"] > 0  # both segments counted
     a = load_pretrained(full["export_dir"]).state_dict()
     b = load_pretrained(second["export_dir"]).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -139,7 +164,7 @@ def test_two_process_runs_match_one_process(
     steps = 3
     single = finetune(run_config(dataset_root, steps, export=False), tmp_path / "single")
     config = run_config(dataset_root, steps, strategy=strategy, export=True)
-    losses = finetune_local_processes(config, tmp_path / strategy, nprocs=2)["losses"]
+    losses = train_local_processes(config, tmp_path / strategy, nprocs=2)["losses"]
     # fp32, different reduction order (two half-batch sums + gradient all-reduce).
     torch.testing.assert_close(
         torch.tensor(losses), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-5
@@ -161,7 +186,8 @@ def test_gemma3_policy_fine_tunes_and_two_ddp_processes_match_one(
     the last layer's q-norm / sandwich norms frozen; DDP over 2 gloo processes matches it."""
     steps = 3
     config = run_config(dataset_root, steps, policy=tiny_gemma3_policy(), export=True)
-    model = build_policy(config.policy)
+    assert config.vla is not None
+    model = build_policy(config.vla.policy)
     assert model.config.engine.family == "gemma3"
     last = len(model.engine.layers) - 1
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -172,7 +198,7 @@ def test_gemma3_policy_fine_tunes_and_two_ddp_processes_match_one(
     exported = load_pretrained(tmp_path / "single" / "export")
     assert exported.config.engine.family == "gemma3"
     ddp = run_config(dataset_root, steps, policy=tiny_gemma3_policy(), strategy="ddp", export=False)
-    losses = finetune_local_processes(ddp, tmp_path / "ddp", nprocs=2)["losses"]
+    losses = train_local_processes(ddp, tmp_path / "ddp", nprocs=2)["losses"]
     torch.testing.assert_close(
         torch.tensor(losses), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-5
     )
@@ -185,7 +211,8 @@ def test_fine_tunes_on_a_lerobot_written_video_dataset(tmp_path: Path) -> None:
     vla.data.root=<fixture> vla.data.normalization=quantiles`)."""
     root = Path(__file__).parent / "fixtures" / "lerobot" / "video"
     config = run_config(root, data=VLADataConfig(str(root), normalization="quantiles"))
-    before = fixed_batch_loss(build_policy(config.policy, seed=config.seed), root, config)
+    assert config.vla is not None
+    before = fixed_batch_loss(build_policy(config.vla.policy, seed=config.seed), root, config)
     metrics = finetune(config, tmp_path / "run")
     after = fixed_batch_loss(load_pretrained(metrics["export_dir"]), root, config)
     assert len(metrics["losses"]) == 20 and after < before, (before, after)

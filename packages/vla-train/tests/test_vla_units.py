@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from vla_core import PI0Model
 from vla_core._testing import random_actions, random_observation, tiny_pi0_config
+from vla_train._testing import load_config
+from vla_train.config import from_dict
+from vla_train.distributed import ShardedEpochSampler
+from vla_train.schedule import cosine_with_warmup
 from vla_train.vla import (
     LoRAConfig,
     LoRALinear,
@@ -25,15 +28,11 @@ from vla_train.vla import (
     apply_freezing,
     apply_lora,
     build_policy,
-    global_batch_indices,
-    learning_rate,
     merge_lora,
     optimizer_param_groups,
     tokenize_prompts,
     write_synthetic_dataset,
 )
-from vla_train.vla.finetune import OptimConfig
-from vla_train.vla.from_config import finetune_config_from_dict
 from vla_train.vla.policy import freeze_unreachable
 
 
@@ -177,35 +176,41 @@ def test_policy_config_rejects_an_unknown_family() -> None:
 
 
 def test_schedule_and_batches_are_pure_functions() -> None:
-    optim = OptimConfig(max_steps=10, learning_rate=1.0, warmup_steps=2, min_lr_ratio=0.1)
-    assert learning_rate(optim, 0) == pytest.approx(1 / 3)
-    assert learning_rate(optim, 2) == pytest.approx(1.0)
-    assert learning_rate(optim, 10) == pytest.approx(0.1)
-    a = global_batch_indices(10, 4, step=3, seed=0)
-    assert a == global_batch_indices(10, 4, step=3, seed=0) and len(set(a)) == 4
-    assert sorted(global_batch_indices(10, 5, 0, 0) + global_batch_indices(10, 5, 1, 0)) == list(
-        range(10)
-    )
+    # One warmup formula for every recipe since issue #19: (step + 1) / warmup_steps.
+    kw = {"warmup_steps": 2, "max_steps": 10, "min_ratio": 0.1}
+    assert cosine_with_warmup(0, **kw) == pytest.approx(1 / 2)
+    assert cosine_with_warmup(1, **kw) == pytest.approx(1.0)
+    assert cosine_with_warmup(2, **kw) == pytest.approx(1.0)
+    assert cosine_with_warmup(10, **kw) == pytest.approx(0.1)
+    # One sampler for every recipe: the global batch of each step is the same whatever the
+    # number of processes (rank r holds its rows r, r + W, ...), so N-process runs see the
+    # 1-process batches.
+    one = ShardedEpochSampler(10, 4, rank=0, world_size=1, seed=0)
+    two = [ShardedEpochSampler(10, 2, rank=r, world_size=2, seed=0) for r in range(2)]
+    assert len(one) == len(two[0]) == 2
+    for epoch in (0, 3):
+        for a, b, c in zip(one.batches(epoch), two[0].batches(epoch), two[1].batches(epoch)):
+            assert a[0::2] == b and a[1::2] == c
 
 
 def test_hydra_experiments_compose_into_configs() -> None:
-    with initialize_config_module(config_module="vla_train.conf", version_base="1.3"):
-        for name, variant in [("pi05_finetune_tiny", "pi05"), ("pi0_finetune_tiny", "pi0"),
-                              ("pi05_finetune", "pi05"), ("pi0_finetune", "pi0")]:  # fmt: skip
-            cfg = compose("config", overrides=[f"experiment={name}", "vla.data.root=/x"])
-            assert cfg.mode == "vla_finetune"
-            from omegaconf import OmegaConf
-
-            block = OmegaConf.to_container(cfg.vla, resolve=True)
-            assert isinstance(block, dict)
-            block.pop("synthetic")
-            config = finetune_config_from_dict(block)  # type: ignore[arg-type]
-            assert config.policy.variant == variant
-        full = finetune_config_from_dict(block)  # type: ignore[arg-type]
-        assert full.policy.gradient_checkpointing is True
-        assert "gradient_checkpointing" not in full.policy.model_config().to_dict()["engine"]
-    with pytest.raises(ValueError, match=r"unknown keys in vla\.policy"):
-        finetune_config_from_dict({"policy": {"varient": "pi0"}, "data": {"root": "/x"}})
+    for name, variant in [("pi05_finetune_tiny", "pi05"), ("pi0_finetune_tiny", "pi0"),
+                          ("pi05_finetune", "pi05"), ("pi0_finetune", "pi0")]:  # fmt: skip
+        config = load_config([f"experiment={name}", "vla.data.root=/x"])
+        assert config.recipe == "vla_finetune" and config.vla is not None
+        assert config.vla.policy.variant == variant and config.pusht is None
+        assert not config.train.ema.enabled
+    # Activation checkpointing is a parallelize choice, not a model or policy field.
+    full = load_config(["experiment=pi05_finetune", "vla.data.root=/x"])
+    assert full.parallel.activation_checkpointing is True
+    assert full.vla is not None and "gradient_checkpointing" not in str(full.vla.policy)
+    base = {"recipe": "vla_finetune", "train": {}, "vla": {"data": {"root": "/x"}}}
+    with pytest.raises(ValueError, match=r"vla\.policy\.varient"):
+        from_dict({**base, "vla": {"policy": {"varient": "pi0"}, "data": {"root": "/x"}}})
+    with pytest.raises(ValueError, match=r"vla\.data\.root is required"):
+        from_dict({**base, "vla": {"policy": {}, "data": {"root": None}}})
+    with pytest.raises(ValueError, match="not used by recipe=vla_finetune"):
+        from_dict({**base, "vla": {"policy": {}, "data": {"root": "/x"}}, "task": {}})
     with pytest.raises(ValueError, match="freeze"):
         PolicyConfig(freeze="vision")
 

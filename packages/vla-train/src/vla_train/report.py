@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from collections import defaultdict
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from vla_train.atomic import atomic_write_bytes, atomic_write_text
 
 METRICS = ("success_rate", "mean_max_coverage", "mean_score")
 
@@ -114,11 +117,10 @@ def plot_heatmap(records: list[RunRecord], metric: str, path: Path) -> None:
                     ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="w")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_report(
@@ -134,14 +136,15 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "report.md"
-    table.write_text(f"# Sweep {Path(sweep_dir).name}\n\n" + markdown_table(records))
+    atomic_write_text(table, f"# Sweep {Path(sweep_dir).name}\n\n" + markdown_table(records))
     csv_path = out / "runs.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        fields = list(RunRecord.__dataclass_fields__)
-        writer.writerow(fields)
-        for r in records:
-            writer.writerow([getattr(r, k) for k in fields])
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    fields = list(RunRecord.__dataclass_fields__)
+    writer.writerow(fields)
+    for r in records:
+        writer.writerow([getattr(r, k) for k in fields])
+    atomic_write_text(csv_path, rows.getvalue())
     heatmap = out / f"heatmap_{metric}.png"
     plot_heatmap(records, metric, heatmap)
     return {"table": table, "csv": csv_path, "heatmap": heatmap}

@@ -1,4 +1,4 @@
-"""LeRobotDataset on-disk layout: path templates, feature specs and small atomic-write helpers.
+"""LeRobotDataset on-disk layout: path templates and feature specs (atomic writes: vla_train.atomic).
 
 The names and templates follow huggingface/lerobot `src/lerobot/datasets/utils.py` (v3.0), so a
 folder we write is laid out like one produced by `LeRobotDataset`: images either inside the parquet as PNG bytes
@@ -8,11 +8,13 @@ folder we write is laid out like one produced by `LeRobotDataset`: images either
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# Re-exported: data/ and pusht/ import the atomic writers from here.
+from vla_train.atomic import atomic_write_bytes as atomic_write_bytes
+from vla_train.atomic import atomic_write_json as atomic_write_json
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # max files per chunk folder
@@ -104,23 +106,6 @@ class FeatureSpec:
         if axes is not None and len(axes) != shape[-1]:
             axes = None
         return cls(dtype=str(dtype), shape=tuple(int(d) for d in shape), names=axes)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` via a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=4) + "\n").encode())
 
 
 def load_json(path: Path) -> Any:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_train.atomic import write_gif
+
 SUCCESS_COVERAGE = 0.95
 OBS_TYPES = ("environment_state_agent_pos", "pixels_agent_pos")
 
@@ -130,16 +132,6 @@ def stack_obs(
     }
 
 
-def _save_gif(frames: list[np.ndarray], path: Path, size: int, fps: int = 10) -> None:
-    from PIL import Image
-
-    images = [Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR) for f in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.gif")
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    tmp.replace(path)
-
-
 @torch.no_grad()
 def evaluate(
     predict_action: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
@@ -218,7 +210,7 @@ def evaluate(
             for ep, ep_frames in frames.items():
                 assert video_dir is not None
                 path = video_dir / f"episode_{seeds[ep]}.gif"
-                _save_gif(ep_frames, path, video_size)
+                write_gif(ep_frames, path, size=video_size)
                 videos.append(str(path))
     finally:
         for env in envs:

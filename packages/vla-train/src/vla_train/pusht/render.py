@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vla_train.atomic import write_gif
 from vla_train.pusht.episodes import Episode, run_expert_episode
 
 
@@ -55,9 +56,7 @@ def episode_strip(frames: list[np.ndarray], coverage: list[float], num: int = 8)
 
 
 def save_gif(frames: list[np.ndarray], path: Path, fps: int = 10) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+    write_gif(frames, path, fps=fps)  # the one GIF writer (vla_train.atomic)
 
 
 def main(argv: list[str] | None = None) -> int:

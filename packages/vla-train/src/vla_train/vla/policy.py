@@ -1,7 +1,8 @@
 """Build (or load) the pi0 / pi0.5 policy to fine-tune and apply the training-time choices from
 outside the model: weights, freezing, LoRA and the LightVLA image-token pruner.
 
-This is the one place where the Hydra `vla.policy` block becomes vla-core / vla-prune dataclasses.
+`PolicyConfig` (built from `vla.policy` by vla_train.config) becomes vla-core / vla-prune objects
+here; activation checkpointing is applied by vla_train.parallel.parallelize.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from torch import nn
 
 from vla_core import (
     ENGINE_FAMILIES,
-    JointDecoderLayer,
     JointEngineConfig,
     PI0Config,
     PI0Model,
-    apply_activation_checkpointing,
     gemma3_policy_config,
     gemma_config,
     load_config,
@@ -102,7 +101,6 @@ class PolicyConfig:
     max_token_len: int | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     attention_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
     knowledge_insulation: bool = False
     pretrained: str | None = None
     layout: str = "vla"
@@ -124,8 +122,7 @@ class PolicyConfig:
 
     def model_config(self) -> PI0Config:
         """The PI0Config: from the checkpoint's config.json when there is one, else the presets;
-        the knobs (attention, dtype, KI) always come from here. `gradient_checkpointing` is not
-        part of the model config: `build_policy` applies it to the built model."""
+        the knobs (attention, dtype, KI) always come from here."""
         knobs = {
             "attention_implementation": self.attention_implementation,
             "dtype": self.dtype,
@@ -217,7 +214,8 @@ def build_policy(
     config: PolicyConfig, *, device: torch.device | str = "cpu", seed: int = 0
 ) -> PI0Model:
     """Model (seeded init) -> pretrained weights (strict) -> chosen freezing -> LoRA ->
-    unreachable parameters frozen -> per-layer activation checkpointing -> pruner."""
+    unreachable parameters frozen -> pruner. Activation checkpointing is a training choice:
+    `vla_train.parallel.parallelize` applies it from outside."""
     model_config = config.model_config()
     torch.manual_seed(seed)
     with torch.device(device):
@@ -229,8 +227,6 @@ def build_policy(
     if config.lora is not None:  # adapted projections freeze their base weight
         apply_lora(model, config.lora)
     freeze_unreachable(model)
-    if config.gradient_checkpointing:  # a training choice, applied from outside the model
-        apply_activation_checkpointing(model, (JointDecoderLayer,))
     if config.pruning.enabled:
         pruner = ImageTokenPruner(
             model_config.backbone.width, config.pruning.pruner_config(model_config.num_cameras)

@@ -7,11 +7,14 @@ degrades to rank 0 of 1 and no process group is created.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,15 @@ class ShardedEpochSampler:
             yield shard[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
+    """`[obj of rank 0, obj of rank 1, ...]` on every rank (`[obj]` without a process group)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 @torch.no_grad()
 def replica_divergence(module: torch.nn.Module, info: DistInfo) -> float:
     """Max |θ_rank − θ_rank0| over all parameters and ranks: 0.0 when DDP kept replicas in
@@ -108,3 +120,25 @@ def replica_divergence(module: torch.nn.Module, info: DistInfo) -> float:
     gathered = [torch.empty_like(flat) for _ in range(info.world_size)]
     dist.all_gather(gathered, flat)
     return max(float((g - gathered[0]).abs().max()) for g in gathered)
+
+
+def _spawned(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    fn(*args)
+
+
+def spawn_local(fn: Callable[..., Any], *args: Any, nprocs: int = 2) -> None:
+    """`torchrun --nproc_per_node=nprocs` without torchrun: `fn(*args)` in `nprocs` spawned local
+    processes that see torchrun's environment variables (gloo on CPU). `fn` must be picklable."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    # spawn, not fork: a child forked from a parent whose OpenMP / gloo threads are running can
+    # deadlock on a lock held by a thread that does not exist in the child (seen in CI).
+    mp.start_processes(_spawned, args=(nprocs, port, fn, args), nprocs=nprocs, start_method="spawn")

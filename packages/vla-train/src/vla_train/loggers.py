@@ -4,8 +4,12 @@ are optional extras imported only when chosen (`mode=offline` needs no network).
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from vla_train.config import LoggerConfig
 
 
 class MetricLogger(Protocol):
@@ -94,3 +98,55 @@ def build_logger(
     if backend == "none":
         return NullLogger()
     raise ValueError(f"logger.backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def logger_from_config(
+    config: LoggerConfig, run_dir: Path, run_name: str, run_config: Mapping[str, Any]
+) -> MetricLogger:
+    """`logger.*` -> the logger of one run (rank 0 only; the others use NullLogger)."""
+    return build_logger(
+        config.backend,
+        run_dir=run_dir,
+        project=config.project,
+        run_name=run_name,
+        mode=config.mode,
+        config=dict(run_config),
+    )
+
+
+class RunLog:
+    """Rank 0's record of a run: every logged scalar goes to the logger backend and, as one JSON
+    line `{"step": ..., **metrics}`, to `<run_dir>/train_log.jsonl` (appended across resumes) until
+    `close_curve`. On other ranks both are no-ops."""
+
+    def __init__(self, logger: MetricLogger, curve: Path | None) -> None:
+        self.logger = logger
+        self._main = curve is not None
+        self._curve = curve.open("a") if curve is not None else None
+
+    @classmethod
+    def open(
+        cls,
+        config: LoggerConfig,
+        run_dir: Path,
+        run_name: str,
+        run_config: Mapping[str, Any],
+        *,
+        is_main: bool,
+        curve_file: str,
+    ) -> RunLog:
+        if not is_main:
+            return cls(NullLogger(), None)
+        return cls(logger_from_config(config, run_dir, run_name, run_config), run_dir / curve_file)
+
+    def record(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._main:
+            self.logger.log(dict(metrics), step)
+        if self._curve is not None:
+            self._curve.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._curve.flush()
+
+    def close_curve(self) -> None:
+        if self._curve is not None:
+            self._curve.close()
+            self._curve = None

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: compose the app config, write a tiny PushT dataset."""
+"""Helpers for tests and benchmarks: compose the app config (Hydra, or straight to a
+`TrainConfig`), write a tiny PushT dataset."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_train.trainer.build import compose_config
+from vla_train.cli import compose_config, load_config
 
-__all__ = ["compose_config", "write_random_walk_dataset"]
+__all__ = ["compose_config", "load_config", "write_random_walk_dataset"]
 
 
 def write_random_walk_dataset(

@@ -12,6 +12,8 @@ import copy
 import torch
 from torch import nn
 
+from vla_train.config import EMAConfig
+
 
 class EMA:
     def __init__(
@@ -64,3 +66,16 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.num_updates = int(state["num_updates"])
+
+
+def build_ema(model: nn.Module, config: EMAConfig) -> EMA | None:
+    """`train.ema` -> an EMA of `model`, or None when disabled."""
+    if not config.enabled:
+        return None
+    return EMA(
+        model,
+        power=config.power,
+        max_decay=config.max_decay,
+        min_decay=config.min_decay,
+        update_after_step=config.update_after_step,
+    )

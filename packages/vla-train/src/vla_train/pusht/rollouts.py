@@ -1,30 +1,32 @@
 """Policy rollouts in gym-pusht for the training loop: evaluation on the test seeds and the
 expert-in-the-loop (DAgger) rounds, both with world-frame observations and targets whatever frame
-the policy itself works in (`task.frame`). Every rollout runs under a forked, fixed RNG so it never
+the policy itself works in (`task.frame`). Moved from trainer/rollouts.py (issue #19). Every rollout runs under a forked, fixed RNG so it never
 perturbs training randomness."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
 
 from vla_train.eval import EvalResult, evaluate
 from vla_train.pusht.dagger import DaggerConfig, RoundResult, collect_round, write_round
 from vla_train.pusht.frames import BlockFrameDataset, block_frame_policy, check_frame
 from vla_train.pusht.labels import ExpertLabeler
 
+if TYPE_CHECKING:
+    from vla_train.config import PushTConfig
 
-def obs_keys(cfg: DictConfig) -> tuple[str, ...]:
+
+def obs_keys(cfg: PushTConfig) -> tuple[str, ...]:
     return (*[str(k) for k in cfg.task.lowdim_keys], *[str(k) for k in cfg.task.image_keys])
 
 
 def run_evaluation(
     model: Any,
-    cfg: DictConfig,
+    cfg: PushTConfig,
     device: torch.device,
     video_dir: Path | None,
     num_inference_steps: int | None = None,
@@ -60,18 +62,18 @@ def run_evaluation(
         model.train(was_training)
 
 
-def world_policy(model: Any, cfg: DictConfig) -> Any:
+def world_policy(model: Any, cfg: PushTConfig) -> Any:
     """`model.predict_action` taking and returning world-frame PushT observations / targets
     (the policy itself may work in the block frame, `task.frame=block`)."""
-    frame = check_frame(str(cfg.task.get("frame", "world")))
+    frame = check_frame(cfg.task.frame)
     if frame.startswith("block"):
         return block_frame_policy(model.predict_action, relative=frame == "block_relative")
     return model.predict_action
 
 
-def in_policy_frame(windows: Any, cfg: DictConfig) -> Any:
+def in_policy_frame(windows: Any, cfg: PushTConfig) -> Any:
     """Training windows as the policy sees them (`task.frame`)."""
-    frame = check_frame(str(cfg.task.get("frame", "world")))
+    frame = check_frame(cfg.task.frame)
     if frame.startswith("block"):
         return BlockFrameDataset(windows, relative=frame == "block_relative")
     return windows
@@ -79,7 +81,7 @@ def in_policy_frame(windows: Any, cfg: DictConfig) -> Any:
 
 def run_dagger_round(
     model: Any,
-    cfg: DictConfig,
+    cfg: PushTConfig,
     dagger: DaggerConfig,
     round_index: int,
     labeler: ExpertLabeler,
