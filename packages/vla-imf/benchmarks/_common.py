@@ -19,9 +19,14 @@ K = TypeVar("K", bound=Hashable)
 
 def pusht_policy(**fields: Any) -> IMFPolicy:
     """An `IMFPolicy` on PushT's low-dim keys (state + T keypoints), normaliser fitted to PushT
-    ranges; `fields` are any other `IMFPolicyConfig` fields."""
-    cfg = IMFPolicyConfig(
-        lowdim_keys=("observation.state", "observation.environment_state"), n_kv_head=1, **fields
+    ranges; `fields` are any other fields in `IMFPolicyConfig.from_flat`'s flat form
+    (`backbone=<kind>`, `n_emb=...` beside the policy's fields)."""
+    cfg = IMFPolicyConfig.from_flat(
+        {
+            "lowdim_keys": ("observation.state", "observation.environment_state"),
+            "n_kv_head": 1,
+            **fields,
+        }
     )
     policy = IMFPolicy(cfg)
     policy.fit_normalizer(pusht_stats(cfg))

@@ -6,19 +6,26 @@ import dataclasses
 
 import pytest
 
-from vla_imf import BackboneConfig, IMFPolicyConfig, ObjectiveConfig
+from vla_imf import (
+    AttnResBackboneConfig,
+    BackboneConfig,
+    IMFPolicyConfig,
+    ObjectiveConfig,
+    VanillaBackboneConfig,
+)
 
 
 def test_defaults_resolve() -> None:
     imf = IMFPolicyConfig()
     assert imf.num_inference_steps == 1 and imf.lowdim_dims == (2,)
+    assert imf.backbone == AttnResBackboneConfig(cond_dim=64)
     fm = IMFPolicyConfig(objective="flow_matching")
     assert fm.num_inference_steps == 10
     env = IMFPolicyConfig(lowdim_keys=("observation.state", "observation.environment_state"))
     assert env.lowdim_dims == (2, 16) and env.cond_dim == 64
     img = IMFPolicyConfig(image_keys=("observation.image",))
-    assert img.cond_dim == 128
-    assert img.backbone_config().n_cond_tokens == 4
+    assert img.cond_dim == 128 and img.backbone.cond_dim == 128
+    assert img.backbone.n_cond_tokens == 4
     # Round-trips through asdict (serialisable).
     assert (
         IMFPolicyConfig(**{**dataclasses.asdict(imf), "objective_config": ObjectiveConfig()}) == imf
@@ -46,12 +53,14 @@ def test_defaults_resolve() -> None:
         ({"backbone": "attnres_block", "attnres_block_size": 0}, "attnres_block_size"),
         ({"action_patch": 5}, "action_patch"),
         ({"action_patch": 0}, "action_patch"),
-        ({"backbone": "vanilla", "action_patch": 2}, "AttnRes backbones only"),
+        ({"backbone": "vanilla", "action_patch": 2}, r"policy\.action_patch=2 applies to"),
+        ({"gradient_checkpointing": True}, r"unknown IMFPolicyConfig keys policy\.gradient_chec"),
     ],
 )
 def test_policy_config_rejects(overrides: dict[str, object], match: str) -> None:
+    """The flat form (vla-train's Hydra `policy` group) is validated like the nested one."""
     with pytest.raises(ValueError, match=match):
-        IMFPolicyConfig(**overrides)  # type: ignore[arg-type]
+        IMFPolicyConfig.from_flat(overrides)
 
 
 def test_objective_and_backbone_config_reject() -> None:
@@ -60,8 +69,16 @@ def test_objective_and_backbone_config_reject() -> None:
     with pytest.raises(ValueError, match="p_std"):
         ObjectiveConfig(p_std=0.0)
     with pytest.raises(ValueError, match="head dim"):
-        BackboneConfig(n_emb=12, n_head=4, n_kv_head=1)
+        AttnResBackboneConfig(n_emb=12, n_head=4, n_kv_head=1)
     with pytest.raises(ValueError, match="p_drop_attn"):
-        BackboneConfig(p_drop_attn=1.0)
+        VanillaBackboneConfig(p_drop_attn=1.0)
+    with pytest.raises(ValueError, match="common base"):
+        BackboneConfig()
+    with pytest.raises(ValueError, match="must be 'vanilla'"):
+        VanillaBackboneConfig(kind="attnres_full")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AttnResBackboneConfig(kind="vanilla")
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        IMFPolicyConfig(gradient_checkpointing=True)  # type: ignore[call-arg]
     with pytest.raises(dataclasses.FrozenInstanceError):
         IMFPolicyConfig().horizon = 3  # type: ignore[misc]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import CloseCode
@@ -195,3 +196,38 @@ def test_block_frame_runs_are_refused_by_name(imf_checkpoint: Path, tmp_path: Pa
     config.write_text(json.dumps(payload))
     with pytest.raises(ValueError, match=r"task\.frame='block'"):
         load_imf_policy(run)
+
+
+def test_old_flat_config_json_run_still_loads(imf_checkpoint: Path, tmp_path: Path) -> None:
+    """A run written by vla-train with vla-imf 0.1 has a flat `policy` entry (backbone kind as a
+    string, every backbone field beside the policy's, `gradient_checkpointing`): it loads, with
+    DeprecationWarnings, into the same config and the same actions."""
+    import json
+    import shutil
+
+    run = tmp_path / "old_run"
+    shutil.copytree(imf_checkpoint, run)
+    path = run / "checkpoints" / "step_0000010" / "config.json"
+    payload = json.loads(path.read_text())
+    policy = dict(payload["policy"])
+    backbone = policy.pop("backbone")
+    assert isinstance(backbone, dict) and backbone["kind"] == "attnres_full"
+    for key in ("input_dim", "output_dim", "cond_dim", "eps"):  # not fields of 0.1's config
+        del backbone[key]
+    del backbone["horizon"], backbone["n_obs_steps"]  # policy fields in the flat form
+    kind = backbone.pop("kind")
+    old = {**policy, **backbone, "backbone": kind}
+    old.update(causal_attn=False, n_cond_layers=0, gradient_checkpointing=False)
+    path.write_text(json.dumps({**payload, "policy": old}))
+    with pytest.warns(DeprecationWarning) as record:
+        loaded = load_imf_policy(run)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "gradient_checkpointing is ignored" in messages and "flat IMFPolicyConfig" in messages
+    fresh = load_imf_policy(imf_checkpoint)
+    assert loaded.config == fresh.config
+    obs = _observation()
+    batch = {k: torch.as_tensor(v)[None].float() for k, v in obs.items()}
+    generator = torch.Generator().manual_seed(0)
+    expected = fresh.predict_action(batch, generator=generator)["action"]
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(loaded.predict_action(batch, generator=generator)["action"], expected)

@@ -231,8 +231,8 @@ def section_imf(rec: Recorder, setting: Setting) -> None:
         }
     else:  # vla-imf defaults (n_emb 256, 12 layers) on the PushT tasks' keys and batches
         kinds = {
-            "lowdim": (IMFPolicyConfig(lowdim_keys=lowdim, n_kv_head=1), 256),
-            "image": (IMFPolicyConfig(image_keys=("observation.image",), n_kv_head=1), 64),
+            "lowdim": (IMFPolicyConfig(lowdim_keys=lowdim), 256),
+            "image": (IMFPolicyConfig(image_keys=("observation.image",)), 64),
         }
     for name, (config, batch) in kinds.items():
 
@@ -253,7 +253,7 @@ def section_imf(rec: Recorder, setting: Setting) -> None:
             ms = median_ms(step, device, setting.warmup, setting.repeats)
             return {"batch": batch, "step_ms": ms, "samples_per_s": batch / (ms * 1e-3)}
 
-        rec.row(f"{config.backbone}_{config.objective}/{name}", step_row)
+        rec.row(f"{config.backbone.kind}_{config.objective}/{name}", step_row)
 
 
 # Cheap sections before the pruned one (a third compilation), so a slow compiler costs it first.

@@ -11,7 +11,14 @@ from importlib import resources
 import pytest
 from omegaconf import OmegaConf
 
+from vla_imf import IMFPolicyConfig
+from vla_imf.backbone_config import (
+    BACKBONE_CONFIGS,
+    AttnResBackboneConfig,
+    VanillaBackboneConfig,
+)
 from vla_train._testing import compose_config, load_config
+from vla_train.config import APP_KEYS, check_overrides, from_dict
 
 
 def _group(name: str) -> list[str]:
@@ -55,7 +62,8 @@ def test_every_experiment_composes_into_a_train_config(experiment: str) -> None:
         return
     assert config.pusht is not None and config.vla is None and "vla" not in cfg
     pcfg = config.pusht.policy
-    assert pcfg.n_emb == cfg.policy.n_emb and pcfg.n_layer == cfg.policy.n_layer
+    assert pcfg.backbone.n_emb == cfg.policy.n_emb and pcfg.backbone.n_layer == cfg.policy.n_layer
+    assert pcfg.backbone.kind == cfg.policy.backbone
     assert pcfg.horizon == cfg.task.horizon and pcfg.n_action_steps == cfg.task.n_action_steps
     assert list(pcfg.lowdim_keys) == list(cfg.task.lowdim_keys)
 
@@ -64,7 +72,8 @@ def test_every_experiment_composes_into_a_train_config(experiment: str) -> None:
 @pytest.mark.parametrize("task", TASKS)
 def test_every_policy_task_pair_composes(policy: str, task: str) -> None:
     pcfg = load_config([f"policy={policy}", f"task={task}"]).pusht.policy  # type: ignore[union-attr]
-    assert pcfg.backbone == compose_config([f"policy={policy}"]).policy.backbone
+    assert pcfg.backbone.kind == compose_config([f"policy={policy}"]).policy.backbone
+    assert type(pcfg.backbone) is BACKBONE_CONFIGS[pcfg.backbone.kind]
     assert (len(pcfg.image_keys) > 0) == (task == "pusht_image")
     if policy == "flow_matching":
         assert pcfg.objective == "flow_matching" and pcfg.num_inference_steps == 10
@@ -137,6 +146,76 @@ def test_bad_policy_field_names_the_problem() -> None:
 def test_renamed_keys_fail_naming_the_new_key(override: str, new_key: str) -> None:
     with pytest.raises(ValueError, match=re.escape(new_key)):
         load_config(["experiment=pi05_finetune_tiny", override])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "policy.gradient_checkpointing=true",
+        "+policy.gradient_checkpointing=true",
+        "++policy.gradient_checkpointing=false",
+        "+policy.extra.gradient_checkpointing=true",
+    ],
+)
+def test_policy_gradient_checkpointing_fails_naming_parallel_activation_checkpointing(
+    override: str,
+) -> None:
+    match = r"policy\.(extra\.)?gradient_checkpointing -> parallel\.activation_checkpointing"
+    with pytest.raises(ValueError, match=match):
+        load_config([override])
+    with pytest.raises(ValueError, match=match):
+        check_overrides(["policy=imf_vanilla", override])
+    # The composed dict (e.g. a saved Hydra config) is checked by from_dict too.
+    raw = OmegaConf.to_container(compose_config([]), resolve=True)
+    assert isinstance(raw, dict)
+    raw["policy"]["gradient_checkpointing"] = True
+    with pytest.raises(ValueError, match=match):
+        from_dict({k: v for k, v in raw.items() if k not in APP_KEYS})
+
+
+def test_flat_policy_group_becomes_the_nested_config() -> None:
+    pcfg = load_config(
+        [
+            "policy=imf_attnres_block",
+            "policy.n_emb=64",
+            "policy.n_layer=3",
+            "+policy.action_patch=2",
+        ]
+    ).pusht.policy  # type: ignore[union-attr]
+    backbone = AttnResBackboneConfig(
+        kind="attnres_block",
+        n_emb=64,
+        n_layer=3,
+        p_drop_attn=0.01,
+        attnres_block_size=4,
+        action_patch=2,
+    )
+    task = compose_config([]).task
+    expected = IMFPolicyConfig(
+        backbone=backbone,
+        action_dim=task.action_dim,
+        horizon=task.horizon,
+        n_obs_steps=task.n_obs_steps,
+        n_action_steps=task.n_action_steps,
+        lowdim_keys=tuple(task.lowdim_keys),
+        image_keys=tuple(task.image_keys),
+        image_shape=tuple(task.image_shape),
+        crop_shape=tuple(task.crop_shape) if task.crop_shape else None,
+        num_inference_steps=1,
+    )
+    assert pcfg == expected
+    vanilla = load_config(["policy=imf_vanilla", "+policy.extra.causal_attn=true"]).pusht
+    assert vanilla is not None and isinstance(vanilla.policy.backbone, VanillaBackboneConfig)
+    assert vanilla.policy.backbone.causal_attn is True
+
+
+def test_field_of_another_backbone_kind_fails_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"policy\.attnres_block_size=2 applies to backbone kind"):
+        load_config(["policy=imf_vanilla", "+policy.extra.attnres_block_size=2"])
+    with pytest.raises(ValueError, match=r"policy\.n_kv_head=2 applies to backbone kind"):
+        load_config(["policy=imf_vanilla", "policy.n_kv_head=2"])
+    with pytest.raises(ValueError, match=r"policy\.causal_attn=True applies to backbone kind"):
+        load_config(["+policy.causal_attn=true"])
 
 
 def test_help_lists_the_recipes_and_main_knobs() -> None:

@@ -11,12 +11,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from vla_imf import IMFPolicyConfig
 from vla_train._testing import load_config, write_random_walk_dataset
 
 
@@ -70,7 +72,14 @@ def test_train_30_steps_then_evaluate_2_episodes(expert_dataset: Path, tmp_path:
         "train_state.pt",
     }
     config = json.loads((final / "config.json").read_text())
-    assert config["policy"]["n_emb"] == 32 and config["hydra"]["train"]["max_steps"] == 30
+    assert (
+        config["policy"]["backbone"]["n_emb"] == 32 and config["hydra"]["train"]["max_steps"] == 30
+    )
+    assert "gradient_checkpointing" not in config["policy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the nested form needs no migration
+        policy_config = IMFPolicyConfig.from_dict(config["policy"])
+    assert type(policy_config.backbone).__name__ == "AttnResBackboneConfig"
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["eval"]["max_coverage"] == ev["max_coverage"]
 

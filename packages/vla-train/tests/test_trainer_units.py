@@ -194,3 +194,51 @@ def test_loggers_tensorboard_default_optional_extras_named(tmp_path: Path) -> No
                 build_logger(extra, **kw)
     with pytest.raises(ValueError, match=r"logger\.backend"):
         build_logger("mlflow", **kw)
+
+
+@pytest.mark.parametrize("policy", ["imf_attnres_full", "imf_vanilla"])
+def test_pusht_activation_checkpointing_is_applied_by_parallelize(policy: str) -> None:
+    """`parallel.activation_checkpointing=true` wraps the backbone kind's layers from outside
+    (the recipe's `blocks`); the loss and gradients equal the plain model's; the checkpoint's
+    config.json carries no training knob."""
+    from vla_core import has_activation_checkpointing
+    from vla_imf import CHECKPOINT_LAYER_TYPES, IMFPolicy
+    from vla_imf._testing import pusht_stats, random_batch
+    from vla_train._testing import load_config
+    from vla_train.distributed import DistInfo
+    from vla_train.parallel import parallelize
+    from vla_train.recipes.pusht_imf import PushTIMF
+
+    overrides = [f"policy={policy}", "policy.n_emb=32", "policy.n_layer=2", "policy.p_drop_attn=0"]
+    config = load_config([*overrides, "parallel.activation_checkpointing=true"])
+    assert config.pusht is not None and config.parallel.activation_checkpointing
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    recipe = PushTIMF(config, Path("unused"), info)
+    kind = config.pusht.policy.backbone.kind
+    assert recipe.blocks == CHECKPOINT_LAYER_TYPES[kind]
+    assert "gradient_checkpointing" not in str(recipe.checkpoint_config()["policy"])
+    torch.manual_seed(0)
+    plain = IMFPolicy(config.pusht.policy)
+    plain.fit_normalizer(pusht_stats(plain.config))
+    ckpt = IMFPolicy(config.pusht.policy)
+    ckpt.load_state_dict(plain.state_dict())
+    module = parallelize(
+        ckpt,
+        config.parallel,
+        blocks=recipe.blocks,
+        loss_module=recipe.loss_module,
+        device=info.device,
+        world_size=1,
+    )
+    assert has_activation_checkpointing(ckpt.backbone)
+    assert not has_activation_checkpointing(plain.backbone)
+    batch = random_batch(plain.config, batch=3, generator=torch.Generator().manual_seed(1))
+    results = []
+    for forward, model in ((recipe.loss_module(plain), plain), (module, ckpt)):
+        torch.manual_seed(4)
+        loss = forward(batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)

@@ -4,7 +4,13 @@ from importlib.metadata import version as _version
 
 from vla_imf.attnres import AttnResBackbone, AttnResOperator, AttnResSubLayer
 from vla_imf.backbones import CHECKPOINT_LAYER_TYPES, Backbone, build_backbone
-from vla_imf.config import BackboneConfig, IMFPolicyConfig, ObjectiveConfig
+from vla_imf.config import (
+    AttnResBackboneConfig,
+    BackboneConfig,
+    IMFPolicyConfig,
+    ObjectiveConfig,
+    VanillaBackboneConfig,
+)
 from vla_imf.encoders import ImageEncoder, LowDimEncoder, ResNet18GN, SpatialSoftmax
 from vla_imf.normalizer import MinMaxNormalizer
 from vla_imf.objective import (
@@ -27,6 +33,7 @@ __version__ = _version("vla-imf")
 __all__ = [
     "CHECKPOINT_LAYER_TYPES",
     "AttnResBackbone",
+    "AttnResBackboneConfig",
     "AttnResOperator",
     "AttnResSubLayer",
     "Backbone",
@@ -42,6 +49,7 @@ __all__ = [
     "ResNet18GN",
     "SpatialSoftmax",
     "VanillaBackbone",
+    "VanillaBackboneConfig",
     "__version__",
     "build_backbone",
     "flow_matching_loss",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vla_imf.config import BackboneConfig
+from vla_imf.backbone_config import BackboneConfig
 
 
 def check_backbone_inputs(

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vla_imf.config import BackboneConfig, IMFPolicyConfig
+from vla_imf.config import FLAT_BACKBONE_FIELDS, BackboneConfig, IMFPolicyConfig
 
 
 def tiny_backbone_config(kind: str = "attnres_full", **overrides: Any) -> BackboneConfig:
     """A backbone small enough for f64 Jacobians and finite differences in milliseconds."""
-    base = BackboneConfig(
-        kind=kind,  # type: ignore[arg-type]
+    base: dict[str, Any] = dict(
+        kind=kind,
         input_dim=2,
         output_dim=2,
         horizon=4,
@@ -22,17 +21,20 @@ def tiny_backbone_config(kind: str = "attnres_full", **overrides: Any) -> Backbo
         cond_dim=3,
         n_layer=2,
         n_head=4,
-        n_kv_head=2,
         n_emb=16,
         p_drop_emb=0.0,
         p_drop_attn=0.0,
-        attnres_block_size=2,
     )
-    return dataclasses.replace(base, **overrides)
+    if kind != "vanilla":
+        base.update(n_kv_head=2, attnres_block_size=2)
+    return BackboneConfig.from_dict({**base, **overrides})
 
 
 def tiny_policy_config(**overrides: Any) -> IMFPolicyConfig:
-    """A low-dim PushT-shaped policy (state 2-d, action 2-d) with a 2-layer, 32-wide backbone."""
+    """A low-dim PushT-shaped policy (state 2-d, action 2-d) with a 2-layer, 32-wide backbone.
+
+    `overrides` are flat (`backbone="vanilla", n_emb=..., action_patch=...`, as
+    `IMFPolicyConfig.from_flat` reads them) or a nested `backbone` config."""
     base: dict[str, Any] = dict(
         action_dim=2,
         horizon=8,
@@ -48,8 +50,11 @@ def tiny_policy_config(**overrides: Any) -> IMFPolicyConfig:
         image_feature_dim=16,
         n_keypoints=8,
     )
+    if not isinstance(overrides.get("backbone", ""), str):
+        nested = {k: v for k, v in base.items() if k not in FLAT_BACKBONE_FIELDS}
+        return IMFPolicyConfig(**{**nested, **overrides})
     base.update(overrides)
-    return IMFPolicyConfig(**base)
+    return IMFPolicyConfig.from_flat(base)
 
 
 def pusht_stats(config: IMFPolicyConfig) -> dict[str, dict[str, Tensor]]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from vla_imf._checks import check_backbone_inputs
-from vla_imf.config import BackboneConfig
+from vla_imf.backbone_config import AttnResBackboneConfig
 from vla_imf.layers import (
     GroupedQueryAttention,
     RMSNorm,
@@ -58,7 +58,7 @@ class AttnResSubLayer(nn.Module):
     This is the unit that gradient checkpointing wraps.
     """
 
-    def __init__(self, config: BackboneConfig, is_attention: bool) -> None:
+    def __init__(self, config: AttnResBackboneConfig, is_attention: bool) -> None:
         super().__init__()
         self.is_attention = is_attention
         self.attn_res = AttnResOperator(config.n_emb, config.eps)
@@ -92,10 +92,12 @@ class AttnResBackbone(nn.Module):
     current block (`attnres_block_size` sublayers per block; size 1 equals Full AttnRes).
     """
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: AttnResBackboneConfig) -> None:
         super().__init__()
-        if config.kind not in ("attnres_full", "attnres_block"):
-            raise ValueError(f"AttnResBackbone needs an attnres kind, got {config.kind!r}")
+        if not isinstance(config, AttnResBackboneConfig):
+            raise ValueError(
+                f"AttnResBackbone needs an attnres kind (AttnResBackboneConfig), got {config!r}"
+            )
         self.config = config
         d = config.n_emb
         self.time_emb = SinusoidalTimeEmbedding(d, config.time_scale)

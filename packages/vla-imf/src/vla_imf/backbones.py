@@ -1,11 +1,11 @@
-"""Backbone factory: one `BackboneConfig.kind` -> one `nn.Module` with `forward(sample, r, t, cond)`."""
+"""Backbone factory: one backbone config -> one `nn.Module` with `forward(sample, r, t, cond)`."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from vla_imf.attnres import AttnResBackbone, AttnResSubLayer
-from vla_imf.config import BackboneConfig
+from vla_imf.backbone_config import AttnResBackboneConfig, BackboneConfig, VanillaBackboneConfig
 from vla_imf.vanilla import DecoderLayer, EncoderLayer, VanillaBackbone
 
 Backbone = VanillaBackbone | AttnResBackbone
@@ -19,6 +19,11 @@ CHECKPOINT_LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:
-    if config.kind == "vanilla":
+    if isinstance(config, VanillaBackboneConfig):
         return VanillaBackbone(config)
-    return AttnResBackbone(config)
+    if isinstance(config, AttnResBackboneConfig):
+        return AttnResBackbone(config)
+    raise TypeError(
+        f"no backbone for {type(config).__name__}: pass a VanillaBackboneConfig or an "
+        "AttnResBackboneConfig"
+    )

@@ -1,24 +1,53 @@
-"""Frozen, validated configs: the iMF objective, the backbones and the policy.
+"""Frozen, validated configs: the iMF objective and the policy (the backbones' configs are in
+`vla_imf.backbone_config`, one per kind; `IMFPolicyConfig.backbone` embeds one).
 
 Configuration lives apart from modelling (lerobot style) so a config can be built, validated and
-serialised (`dataclasses.asdict`) without constructing a model.
+serialised (`dataclasses.asdict`, read back with `IMFPolicyConfig.from_dict`) without constructing
+a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from vla_core.attention import validate_attention_implementation
+from vla_imf.backbone_config import (
+    BACKBONE_CONFIGS,
+    BACKBONES,
+    TASK_SHAPE_FIELDS,
+    AttnResBackboneConfig,
+    BackboneConfig,
+    BackboneKind,
+    VanillaBackboneConfig,
+    backbone_fields,
+)
 
-BackboneKind = Literal["vanilla", "attnres_full", "attnres_block"]
+__all__ = [
+    "BACKBONES",
+    "AttnResBackboneConfig",
+    "BackboneConfig",
+    "BackboneKind",
+    "IMFPolicyConfig",
+    "ObjectiveConfig",
+    "VanillaBackboneConfig",
+]
+
 ObjectiveKind = Literal["imf", "flow_matching"]
 TangentSource = Literal["boundary", "v_head"]
 
-BACKBONES: tuple[str, ...] = ("vanilla", "attnres_full", "attnres_block")
 OBJECTIVES: tuple[str, ...] = ("imf", "flow_matching")
 TANGENT_SOURCES: tuple[str, ...] = ("boundary", "v_head")
+
+#: Training knobs that vla-imf 0.1 wrote into config.json; `from_dict` reads and ignores them.
+_REMOVED_TRAINING_KNOBS = ("gradient_checkpointing",)
+#: Backbone fields of the flat form (vla-imf 0.1 config.json, vla-train's Hydra `policy` group):
+#: every kind's fields except `kind` (the flat key is `backbone`) and the task's shape.
+FLAT_BACKBONE_FIELDS: frozenset[str] = frozenset().union(
+    *(backbone_fields(c) for c in BACKBONE_CONFIGS.values())
+) - {"kind", *TASK_SHAPE_FIELDS}
 
 # Feature sizes of the PushT keys (LeRobot naming), used when `lowdim_dims` is not given.
 KNOWN_LOWDIM_DIMS: dict[str, int] = {
@@ -58,97 +87,22 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
-    """Arguments of the `u_θ(sample, r, t, cond)` networks.
-
-    `n_layer` counts transformer blocks; an AttnRes block is two sublayers (GQA + SwiGLU), so
-    `attnres_block_size` (sublayers per Block-AttnRes block) ranges over 1..2·n_layer.
-    `causal_attn` and `n_cond_layers` apply to `vanilla` only; `n_kv_head`, `ffn_mult`,
-    `rope_theta` and `attnres_block_size` to the AttnRes backbones only.
-    """
-
-    kind: BackboneKind = "attnres_full"
-    input_dim: int = 2
-    output_dim: int = 2
-    horizon: int = 16
-    n_obs_steps: int = 2
-    cond_dim: int = 64
-    n_layer: int = 12
-    n_head: int = 4
-    n_kv_head: int = 1
-    n_emb: int = 256
-    p_drop_emb: float = 0.0
-    p_drop_attn: float = 0.1
-    causal_attn: bool = False
-    n_cond_layers: int = 0
-    ffn_mult: float = 2.667
-    eps: float = 1e-6
-    rope_theta: float = 10000.0
-    attnres_block_size: int = 4
-    time_scale: float = 1.0
-    attention_implementation: str = "sdpa"
-    action_patch: int = 1
-
-    def __post_init__(self) -> None:
-        _require(self.kind in BACKBONES, f"kind must be one of {BACKBONES}, got {self.kind!r}")
-        for name in ("input_dim", "output_dim", "horizon", "n_obs_steps", "cond_dim"):
-            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_layer", "n_head", "n_kv_head", "n_emb"):
-            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        _require(
-            self.n_emb % self.n_head == 0,
-            f"n_emb ({self.n_emb}) must be divisible by n_head ({self.n_head})",
-        )
-        _require(
-            self.n_emb % 2 == 0, f"n_emb must be even (sinusoidal embedding), got {self.n_emb}"
-        )
-        if self.kind != "vanilla":
-            _require(
-                self.n_head % self.n_kv_head == 0,
-                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})",
-            )
-            _require(
-                (self.n_emb // self.n_head) % 2 == 0,
-                f"head dim n_emb/n_head = {self.n_emb // self.n_head} must be even for RoPE",
-            )
-        _require(
-            self.kind != "attnres_block" or 1 <= self.attnres_block_size <= 2 * self.n_layer,
-            f"attnres_block_size must be in [1, 2*n_layer={2 * self.n_layer}], "
-            f"got {self.attnres_block_size}",
-        )
-        for name in ("p_drop_emb", "p_drop_attn"):
-            value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
-        _require(
-            self.action_patch >= 1 and self.horizon % self.action_patch == 0,
-            f"action_patch must be >= 1 and divide horizon ({self.horizon}), "
-            f"got {self.action_patch}",
-        )
-        _require(
-            self.action_patch == 1 or self.kind != "vanilla",
-            "action_patch > 1 applies to the AttnRes backbones only",
-        )
-        _require(self.n_cond_layers >= 0, f"n_cond_layers must be >= 0, got {self.n_cond_layers}")
-        _require(self.ffn_mult > 0, f"ffn_mult must be > 0, got {self.ffn_mult}")
-        _require(self.time_scale > 0, f"time_scale must be > 0, got {self.time_scale}")
-        validate_attention_implementation(self.attention_implementation)
-
-    @property
-    def n_cond_tokens(self) -> int:
-        """The r token, the t token and one token per observation step."""
-        return 2 + self.n_obs_steps
-
-
-@dataclass(frozen=True)
 class IMFPolicyConfig:
     """Everything needed to build an `IMFPolicy`; validated at construction.
 
     Windows follow diffusion_policy: the action window starts at the first observation step and
     the executed actions are `action_pred[:, n_obs_steps-1 : n_obs_steps-1+n_action_steps]`.
     `num_inference_steps=None` resolves to 1 for iMF and 10 for flow matching.
+
+    `backbone` is one kind's config (`VanillaBackboneConfig` / `AttnResBackboneConfig`, or its
+    dict with a `kind`); its task-shaped fields (`input_dim`, `output_dim`, `horizon`,
+    `n_obs_steps`, `cond_dim`) are filled in from this config, whatever they were. Read a
+    `dataclasses.asdict` dict (config.json) back with `from_dict`, which also reads the flat
+    vla-imf 0.1 form. Activation checkpointing is not a config field: apply it to the built
+    model (`apply_activation_checkpointing(policy.backbone, CHECKPOINT_LAYER_TYPES[kind])`).
     """
 
-    backbone: BackboneKind = "attnres_full"
+    backbone: BackboneConfig = field(default_factory=AttnResBackboneConfig)
     objective: ObjectiveKind = "imf"
     action_dim: int = 2
     horizon: int = 16
@@ -162,30 +116,11 @@ class IMFPolicyConfig:
     lowdim_feature_dim: int = 64
     image_feature_dim: int = 64
     n_keypoints: int = 32
-    n_emb: int = 256
-    n_layer: int = 12
-    n_head: int = 4
-    n_kv_head: int = 1
-    p_drop_emb: float = 0.0
-    p_drop_attn: float = 0.1
-    causal_attn: bool = False
-    n_cond_layers: int = 0
-    ffn_mult: float = 2.667
-    rope_theta: float = 10000.0
-    attnres_block_size: int = 4
-    time_scale: float = 1.0
     tangent_source: TangentSource = "boundary"
     objective_config: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     num_inference_steps: int | None = None
-    attention_implementation: str = "sdpa"
-    action_patch: int = 1
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        _require(
-            self.backbone in BACKBONES,
-            f"backbone must be one of {BACKBONES}, got {self.backbone!r}",
-        )
         _require(
             self.objective in OBJECTIVES,
             f"objective must be one of {OBJECTIVES}, got {self.objective!r}",
@@ -270,8 +205,28 @@ class IMFPolicyConfig:
             not (self.objective == "flow_matching" and self.tangent_source == "v_head"),
             "tangent_source='v_head' only applies to objective='imf'",
         )
-        # Validates the backbone fields eagerly (raises on a bad combination).
-        self.backbone_config()
+        self._embed_backbone()
+
+    def _embed_backbone(self) -> None:
+        """Store `backbone` as its kind's config with this policy's task shape filled in."""
+        shape = {
+            "input_dim": self.action_dim,
+            "output_dim": self.action_dim,
+            "horizon": self.horizon,
+            "n_obs_steps": self.n_obs_steps,
+            "cond_dim": self.cond_dim,
+        }
+        backbone: Any = self.backbone
+        if isinstance(backbone, Mapping):
+            backbone = BackboneConfig.from_dict({**backbone, **shape})
+        _require(
+            isinstance(backbone, BackboneConfig) and type(backbone) is not BackboneConfig,
+            "backbone must be a VanillaBackboneConfig / AttnResBackboneConfig (or its dict with "
+            f"a 'kind'), got {backbone!r}",
+        )
+        if any(getattr(backbone, k) != v for k, v in shape.items()):
+            backbone = dataclasses.replace(backbone, **shape)
+        object.__setattr__(self, "backbone", backbone)
 
     @property
     def cond_dim(self) -> int:
@@ -279,26 +234,75 @@ class IMFPolicyConfig:
         lowdim = self.lowdim_feature_dim if self.lowdim_keys else 0
         return lowdim + self.image_feature_dim * len(self.image_keys)
 
-    def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig(
-            kind=self.backbone,
-            input_dim=self.action_dim,
-            output_dim=self.action_dim,
-            horizon=self.horizon,
-            n_obs_steps=self.n_obs_steps,
-            cond_dim=self.cond_dim,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_kv_head=self.n_kv_head,
-            n_emb=self.n_emb,
-            p_drop_emb=self.p_drop_emb,
-            p_drop_attn=self.p_drop_attn,
-            causal_attn=self.causal_attn,
-            n_cond_layers=self.n_cond_layers,
-            ffn_mult=self.ffn_mult,
-            rope_theta=self.rope_theta,
-            attnres_block_size=self.attnres_block_size,
-            time_scale=self.time_scale,
-            attention_implementation=self.attention_implementation,
-            action_patch=self.action_patch,
-        )
+    @property
+    def action_patch(self) -> int:
+        """Action steps per backbone token (AttnRes `action_patch`; 1 for vanilla)."""
+        backbone = self.backbone
+        return backbone.action_patch if isinstance(backbone, AttnResBackboneConfig) else 1
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IMFPolicyConfig:
+        """Read `dataclasses.asdict(config)` back (e.g. the `policy` entry of a vla-train
+        config.json). Also reads what vla-imf 0.1 wrote, with a DeprecationWarning: the flat form
+        (`backbone="attnres_full", n_emb=..., n_layer=...`, see `from_flat`) and the removed
+        `gradient_checkpointing` knob (ignored)."""
+        data = dict(data)
+        for key in _REMOVED_TRAINING_KNOBS:
+            if key in data:
+                data.pop(key)
+                warnings.warn(
+                    f"IMFPolicyConfig.{key} is ignored: configs describe architecture only since "
+                    "vla-imf 0.2; apply it to the built model instead "
+                    "(vla_core.apply_activation_checkpointing(policy.backbone, "
+                    "vla_imf.CHECKPOINT_LAYER_TYPES[kind]))",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+        if isinstance(data.get("backbone"), str) or FLAT_BACKBONE_FIELDS & set(data):
+            warnings.warn(
+                "flat IMFPolicyConfig dict (backbone=<kind>, n_emb=..., ...) is deprecated since "
+                "vla-imf 0.2: nest the backbone fields, backbone={'kind': ..., 'n_emb': ...} "
+                "(what dataclasses.asdict writes)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return cls.from_flat(data)
+        return cls._from_fields(data, where="policy")
+
+    @classmethod
+    def from_flat(cls, data: Mapping[str, Any], *, where: str = "policy") -> IMFPolicyConfig:
+        """The config from the flat form: the backbone's kind as `backbone` and its fields beside
+        the policy's (vla-train's Hydra `policy` group; vla-imf 0.1's config.json). A field of
+        another backbone kind is dropped when it holds that field's default (0.1 wrote every
+        field) and raises a ValueError naming `where.<field>` otherwise."""
+        data = dict(data)
+        kind = data.pop("backbone", "attnres_full")
+        if kind not in BACKBONE_CONFIGS:
+            raise ValueError(f"{where}.backbone must be one of {BACKBONES}, got {kind!r}")
+        target = BACKBONE_CONFIGS[kind]
+        own = backbone_fields(target)
+        nested: dict[str, Any] = {"kind": kind}
+        for key in sorted(FLAT_BACKBONE_FIELDS & set(data)):
+            value = data.pop(key)
+            if key in own:
+                nested[key] = value
+                continue
+            owners = [k for k, c in BACKBONE_CONFIGS.items() if key in backbone_fields(c)]
+            default = next(
+                f.default for f in dataclasses.fields(BACKBONE_CONFIGS[owners[0]]) if f.name == key
+            )
+            if value != default:
+                raise ValueError(
+                    f"{where}.{key}={value!r} applies to backbone kind(s) {owners} only, not "
+                    f"{where}.backbone={kind!r}; remove it"
+                )
+        return cls._from_fields({**data, "backbone": nested}, where=where)
+
+    @classmethod
+    def _from_fields(cls, data: Mapping[str, Any], *, where: str) -> IMFPolicyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            names = ", ".join(f"{where}.{k}" for k in unknown)
+            raise ValueError(f"unknown IMFPolicyConfig keys {names}; known: {sorted(known)}")
+        return cls(**data)

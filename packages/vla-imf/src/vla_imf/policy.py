@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from vla_core.checkpointing import apply_activation_checkpointing, has_activation_checkpointing
+from vla_core.checkpointing import has_activation_checkpointing
 from vla_core.rtc import RTCConfig, RTCGuidance
-from vla_imf.backbones import CHECKPOINT_LAYER_TYPES, build_backbone
+from vla_imf.backbones import build_backbone
 from vla_imf.config import IMFPolicyConfig
 from vla_imf.encoders import ImageEncoder, LowDimEncoder
 from vla_imf.normalizer import MinMaxNormalizer
@@ -58,17 +58,15 @@ class IMFPolicy(nn.Module):
                 for key in config.image_keys
             }
         )
-        self.backbone = build_backbone(config.backbone_config())
+        self.backbone = build_backbone(config.backbone)
         self.velocity_head = (
-            nn.Linear(config.n_emb, config.action_dim * config.action_patch)
+            nn.Linear(config.backbone.n_emb, config.action_dim * config.action_patch)
             if config.tangent_source == "v_head"
             else None
         )
         if self.velocity_head is not None:
             nn.init.normal_(self.velocity_head.weight, std=0.02)
             nn.init.zeros_(self.velocity_head.bias)
-        if config.gradient_checkpointing:
-            apply_activation_checkpointing(self.backbone, CHECKPOINT_LAYER_TYPES[config.backbone])
 
     # ----------------------------------------------------------------------------- normaliser
     def fit_normalizer(self, stats: Mapping[str, Mapping[str, Tensor | Sequence[float]]]) -> None:

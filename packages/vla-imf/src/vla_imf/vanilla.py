@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from vla_core.attention import attend
 from vla_imf._checks import check_backbone_inputs
-from vla_imf.config import BackboneConfig
+from vla_imf.backbone_config import VanillaBackboneConfig
 from vla_imf.layers import SinusoidalTimeEmbedding, init_linear_normal
 
 
@@ -67,7 +67,7 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention + FF block (`nn.TransformerEncoderLayer(norm_first=True)`)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: VanillaBackboneConfig) -> None:
         super().__init__()
         d = config.n_emb
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
@@ -87,7 +87,7 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm self-attn, cross-attn, FF (`nn.TransformerDecoderLayer(norm_first=True)`)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: VanillaBackboneConfig) -> None:
         super().__init__()
         d = config.n_emb
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
@@ -114,10 +114,12 @@ class VanillaBackbone(nn.Module):
     (diffusion_policy's memory mask `i ≥ s − 1`, shifted by the extra time token).
     """
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: VanillaBackboneConfig) -> None:
         super().__init__()
-        if config.kind != "vanilla":
-            raise ValueError(f"VanillaBackbone needs kind='vanilla', got {config.kind!r}")
+        if not isinstance(config, VanillaBackboneConfig):
+            raise ValueError(
+                f"VanillaBackbone needs kind='vanilla' (VanillaBackboneConfig), got {config!r}"
+            )
         self.config = config
         d = config.n_emb
         self.input_emb = nn.Linear(config.input_dim, d)

@@ -1,6 +1,7 @@
 """Serve a vla-imf policy (e.g. a PushT policy trained by vla-train) from its checkpoint.
 
-A checkpoint directory holds `config.json` (`{"policy": <IMFPolicyConfig fields>, ...}`) and
+A checkpoint directory holds `config.json` (`{"policy": <IMFPolicyConfig as a dict>, ...}`, read by
+`IMFPolicyConfig.from_dict`, which also reads older runs' flat form with a DeprecationWarning) and
 `model.safetensors` / `ema.safetensors` (the normaliser's statistics are buffers in the weights, so
 observations and actions are (un)normalised inside the policy). A vla-train run directory is
 accepted too: its `checkpoints/latest` names the checkpoint.
@@ -58,7 +59,7 @@ def load_imf_policy(
             f"{directory / 'config.json'}: trained with task.frame={frame!r}; vla-serve serves "
             "world-frame policies only (train with task.frame=world)"
         )
-    config = IMFPolicyConfig(**payload["policy"])
+    config = IMFPolicyConfig.from_dict(payload["policy"])
     weights = directory / WEIGHT_FILES[use_ema]
     if use_ema and not weights.is_file():
         weights = directory / WEIGHT_FILES[False]

@@ -14,6 +14,7 @@ vla-train --help                            # recipes and their main knobs
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vla_train.config import APP_KEYS, TrainConfig, from_dict
+from vla_train.config import APP_KEYS, TrainConfig, check_overrides, from_dict
 
 log = logging.getLogger("vla_train")
 
@@ -35,6 +36,7 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     """The app config exactly as `vla-train <overrides>` would see it (Hydra compose API)."""
     from hydra import compose, initialize_config_module
 
+    check_overrides(overrides)
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
@@ -86,6 +88,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point; Hydra reads overrides from sys.argv."""
+    check_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
     _hydra_main()
 
 

@@ -9,7 +9,7 @@ key (`RENAMED`), so an old override never silently does nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "TrainSection",
     "VLAConfig",
+    "check_overrides",
     "from_dict",
     "imf_policy_config",
 ]
@@ -58,6 +59,8 @@ RENAMED = {
     "vla.checkpoint_every": "train.checkpoint_every_steps",
     "vla.log_every": "train.log_every_steps",
     "vla.policy.gradient_checkpointing": "parallel.activation_checkpointing",
+    "policy.gradient_checkpointing": "parallel.activation_checkpointing",
+    "policy.extra.gradient_checkpointing": "parallel.activation_checkpointing",
 }
 
 
@@ -250,6 +253,22 @@ def _check_renamed(raw: Mapping[str, Any]) -> None:
         raise ValueError(f"renamed config keys (vla-train CHANGELOG, 'One trainer'): {moves}")
 
 
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Raise naming the new key for a command-line override of a renamed key (`policy.x=1`,
+    `+policy.x=1`, `~policy.x`), before Hydra rejects a key its groups no longer define."""
+    old = []
+    for override in overrides:
+        text = override.lstrip("+~")
+        key = text.split("=", 1)[0]
+        if key in RENAMED:
+            old.append(key)
+        elif text in RENAMED:
+            old.append(text)
+    if old:
+        moves = ", ".join(f"{k} -> {RENAMED[k]}" for k in old)
+        raise ValueError(f"renamed config keys (vla-train CHANGELOG, 'One trainer'): {moves}")
+
+
 def _build(cls: type, given: Mapping[str, Any] | None, where: str, **fixed: Any) -> Any:
     """`cls(**given, **fixed)`; unknown keys raise naming `where.key`; lists become tuples."""
     data = dict(given or {})
@@ -266,7 +285,10 @@ def _build(cls: type, given: Mapping[str, Any] | None, where: str, **fixed: Any)
 
 
 def imf_policy_config(policy: Mapping[str, Any], task: Mapping[str, Any]) -> IMFPolicyConfig:
-    """`policy` + `task` groups -> IMFPolicyConfig (validated by its own __post_init__)."""
+    """`policy` + `task` groups -> IMFPolicyConfig. The `policy` group stays flat (`backbone`,
+    `n_emb`, `n_layer`, `extra.action_patch`, ... beside the policy's fields, so command lines and
+    sweeps keep their keys); `IMFPolicyConfig.from_flat` nests the backbone's fields into its
+    kind's config and validates, naming `policy.<key>`."""
     extra = dict(policy.get("extra") or {})
     fields = {k: v for k, v in policy.items() if k not in ("tag", "extra")}
     overlap = set(extra) & set(fields)
@@ -283,10 +305,7 @@ def imf_policy_config(policy: Mapping[str, Any], task: Mapping[str, Any]) -> IMF
         image_shape=tuple(task["image_shape"]),
         crop_shape=tuple(task["crop_shape"]) if task.get("crop_shape") else None,
     )
-    try:
-        return IMFPolicyConfig(**fields)
-    except TypeError as e:  # unknown field name: say which group it came from
-        raise ValueError(f"policy/task config does not match IMFPolicyConfig: {e}") from e
+    return IMFPolicyConfig.from_flat(fields, where="policy")
 
 
 def _pusht(raw: Mapping[str, Any]) -> PushTConfig:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from vla_imf import IMFPolicy
+from vla_imf import CHECKPOINT_LAYER_TYPES, IMFPolicy
 from vla_train.checkpoint import seed_everything
 from vla_train.config import PushTConfig, TrainConfig
 from vla_train.data import LeRobotWindowDataset
@@ -110,9 +110,11 @@ def with_dagger_rounds(demos: Any, run_dir: Path, rounds: int) -> Any:
 
 
 class PushTIMF:
-    """The `pusht_imf` recipe (see the module docstring)."""
+    """The `pusht_imf` recipe (see the module docstring). `blocks` (the units of
+    `parallel.activation_checkpointing` and FSDP2 sharding) are the backbone kind's
+    `vla_imf.CHECKPOINT_LAYER_TYPES`."""
 
-    blocks: tuple[type[nn.Module], ...] = ()
+    blocks: tuple[type[nn.Module], ...]
 
     def __init__(self, config: TrainConfig, run_dir: Path, info: DistInfo) -> None:
         assert config.pusht is not None
@@ -122,6 +124,7 @@ class PushTIMF:
                 f"train.batch_size={config.train.batch_size} (global) is not divisible by "
                 f"{info.world_size} processes"
             )
+        self.blocks = CHECKPOINT_LAYER_TYPES[self.cfg.policy.backbone.kind]
         self.dagger = self.cfg.task.dagger
         task = self.cfg.task
         lowdim = not task.image_keys and task.env_obs_type == "environment_state_agent_pos"
@@ -289,11 +292,11 @@ class PushTIMF:
             "task": cfg.task.name,
             "policy": {
                 "tag": cfg.policy_tag,
-                "backbone": p.backbone,
+                "backbone": p.backbone.kind,
                 "objective": p.objective,
-                "n_emb": p.n_emb,
-                "n_layer": p.n_layer,
-                "n_head": p.n_head,
+                "n_emb": p.backbone.n_emb,
+                "n_layer": p.backbone.n_layer,
+                "n_head": p.backbone.n_head,
                 "num_inference_steps": p.num_inference_steps,
                 "num_parameters": sum(q.numel() for q in model.parameters()),
             },
