@@ -146,6 +146,9 @@ def test_unknown_backbone_keys_and_kinds_are_named() -> None:
         BackboneConfig.from_dict({"kind": "unet"})
     with pytest.raises(ValueError, match=r"unknown IMFPolicyConfig keys policy\.n_expert"):
         IMFPolicyConfig.from_dict({"n_expert": 2})
+    mixed = {"backbone": {"kind": "vanilla"}, "n_emb": 64}
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"\['n_emb'\] beside"):
+        IMFPolicyConfig.from_dict(mixed)
 
 
 @pytest.mark.parametrize(

@@ -277,6 +277,12 @@ class IMFPolicyConfig:
         field) and raises a ValueError naming `where.<field>` otherwise."""
         data = dict(data)
         kind = data.pop("backbone", "attnres_full")
+        if not isinstance(kind, str):
+            flat = sorted(FLAT_BACKBONE_FIELDS & set(data))
+            raise ValueError(
+                f"{where}: backbone fields {flat} beside a nested {where}.backbone; move them "
+                "into the backbone's dict"
+            )
         if kind not in BACKBONE_CONFIGS:
             raise ValueError(f"{where}.backbone must be one of {BACKBONES}, got {kind!r}")
         target = BACKBONE_CONFIGS[kind]
