@@ -116,7 +116,7 @@ def test_flat_vanilla_drops_attnres_fields_at_their_defaults() -> None:
 def test_vanilla_refuses_attnres_fields_naming_them(key: str) -> None:
     value = {"attnres_block_size": 2, "n_kv_head": 2, "rope_theta": 500.0, "action_patch": 2}[key]
     with pytest.raises(TypeError, match=key):
-        VanillaBackboneConfig(**{key: value})
+        VanillaBackboneConfig(**{key: value})  # type: ignore[arg-type]
     # The nested dict form is strict even at the default value.
     default = {f.name: f.default for f in dataclasses.fields(AttnResBackboneConfig)}[key]
     with pytest.raises(ValueError, match=rf"backbone\.{key} applies to backbone kind\(s\)"):
@@ -132,7 +132,7 @@ def test_vanilla_refuses_attnres_fields_naming_them(key: str) -> None:
 def test_attnres_refuses_vanilla_fields_naming_them(key: str) -> None:
     value = {"causal_attn": True, "n_cond_layers": 2}[key]
     with pytest.raises(TypeError, match=key):
-        AttnResBackboneConfig(**{key: value})
+        AttnResBackboneConfig(**{key: value})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=rf"backbone\.{key} applies to backbone kind\(s\) \['van"):
         BackboneConfig.from_dict({"kind": "attnres_full", key: value})
     with pytest.raises(ValueError, match=rf"policy\.{key}={value!r} applies to"):

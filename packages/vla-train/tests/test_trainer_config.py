@@ -170,7 +170,7 @@ def test_policy_gradient_checkpointing_fails_naming_parallel_activation_checkpoi
     assert isinstance(raw, dict)
     raw["policy"]["gradient_checkpointing"] = True
     with pytest.raises(ValueError, match=match):
-        from_dict({k: v for k, v in raw.items() if k not in APP_KEYS})
+        from_dict({str(k): v for k, v in raw.items() if k not in APP_KEYS})
 
 
 def test_flat_policy_group_becomes_the_nested_config() -> None:
