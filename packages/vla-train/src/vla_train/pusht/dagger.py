@@ -252,8 +252,8 @@ def collect_round(
                     tic = time.perf_counter()
                     extra = labeler([b[0] for b in between], label_length)
                     label_s += time.perf_counter() - tic
-                    for (_, history, frame), label in zip(between, extra, strict=True):
-                        episodes.append(_label_episode(history, frame, label))
+                    for (_, pairs, frame), label in zip(between, extra, strict=True):
+                        episodes.append(_label_episode(pairs, frame, label))
                 active = still_active
     finally:
         for env in envs:
