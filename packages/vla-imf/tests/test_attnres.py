@@ -240,15 +240,16 @@ def test_operator_standalone() -> None:
     assert float(op.pseudo_query.detach().abs().sum()) == 0.0
 
 
+@pytest.mark.parametrize("backbone", ["attnres_full", "vanilla"])
 @pytest.mark.parametrize("tangent_source", ["boundary", "v_head"])
-def test_action_patches_group_steps_into_tokens(tangent_source: str) -> None:
+def test_action_patches_group_steps_into_tokens(tangent_source: str, backbone: str) -> None:
     """`action_patch=p`: p consecutive steps share a token, so a step's output sees the other
     steps of its patch only through that token; shapes, the loss and sampling are unchanged."""
     from vla_imf import IMFPolicy
     from vla_imf._testing import pusht_stats, random_batch, tiny_policy_config
 
     torch.manual_seed(0)
-    config = tiny_policy_config(action_patch=4, tangent_source=tangent_source)
+    config = tiny_policy_config(backbone=backbone, action_patch=4, tangent_source=tangent_source)
     policy = IMFPolicy(config)
     policy.fit_normalizer(pusht_stats(config))
     backbone = policy.backbone
@@ -260,8 +261,17 @@ def test_action_patches_group_steps_into_tokens(tangent_source: str) -> None:
     assert torch.isfinite(loss) and backbone.input_emb.weight.grad is not None
     out = policy.predict_action({k: v for k, v in batch.items() if k.startswith("observation")})
     assert out["action"].shape == (3, config.n_action_steps, config.action_dim)
-    # 8 steps / patch 4 = 2 action tokens + r, t and 2 observation tokens.
+    # 8 steps / patch 4 = 2 action tokens.
     z = torch.randn(1, config.horizon, config.action_dim)
     cond = torch.randn(1, config.n_obs_steps, config.cond_dim)
-    tokens = backbone.embed(z, torch.zeros(1), torch.ones(1), cond)
-    assert tokens.shape[1] == 2 + config.n_obs_steps + config.horizon // 4
+    features = backbone.features(z, torch.zeros(1), torch.ones(1), cond)
+    assert features.shape[1] == config.horizon // 4
+    # A step's output depends on the other steps of its own patch (they share a token).
+    z2 = z.clone()
+    z2[:, 1] += 1.0
+    with torch.no_grad():
+        delta = (
+            backbone(z2, torch.zeros(1), torch.ones(1), cond)
+            - backbone(z, torch.zeros(1), torch.ones(1), cond)
+        ).abs()
+    assert delta[:, 0].sum() > 0

@@ -20,6 +20,7 @@ CASES = [
     ("attnres_full", {}),
     ("attnres_block", {"attnres_block_size": 3}),
     ("attnres_full", {"action_patch": 2}),
+    ("vanilla", {"action_patch": 2}),
 ]
 
 

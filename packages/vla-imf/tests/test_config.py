@@ -53,7 +53,10 @@ def test_defaults_resolve() -> None:
         ({"backbone": "attnres_block", "attnres_block_size": 0}, "attnres_block_size"),
         ({"action_patch": 5}, "action_patch"),
         ({"action_patch": 0}, "action_patch"),
-        ({"backbone": "vanilla", "action_patch": 2}, r"policy\.action_patch=2 applies to"),
+        (
+            {"backbone": "vanilla", "causal_attn": True, "action_patch": 2},
+            "causal_attn masks per action step",
+        ),
         ({"gradient_checkpointing": True}, r"unknown IMFPolicyConfig keys policy\.gradient_chec"),
     ],
 )

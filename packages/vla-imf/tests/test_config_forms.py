@@ -112,9 +112,9 @@ def test_flat_vanilla_drops_attnres_fields_at_their_defaults() -> None:
     assert loaded == dataclasses.replace(NESTED, backbone=expected)
 
 
-@pytest.mark.parametrize("key", ["attnres_block_size", "n_kv_head", "rope_theta", "action_patch"])
+@pytest.mark.parametrize("key", ["attnres_block_size", "n_kv_head", "rope_theta"])
 def test_vanilla_refuses_attnres_fields_naming_them(key: str) -> None:
-    value = {"attnres_block_size": 2, "n_kv_head": 2, "rope_theta": 500.0, "action_patch": 2}[key]
+    value = {"attnres_block_size": 2, "n_kv_head": 2, "rope_theta": 500.0}[key]
     with pytest.raises(TypeError, match=key):
         VanillaBackboneConfig(**{key: value})  # type: ignore[arg-type]
     # The nested dict form is strict even at the default value.

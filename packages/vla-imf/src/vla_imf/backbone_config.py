@@ -49,7 +49,8 @@ def _require(condition: bool, message: str) -> None:
 @dataclass(frozen=True)
 class BackboneConfig:
     """Fields every `u_θ(sample, r, t, cond)` backbone has; build a kind's subclass (or use
-    `BackboneConfig.from_dict`), not this base. `n_layer` counts transformer blocks."""
+    `BackboneConfig.from_dict`), not this base. `n_layer` counts transformer blocks;
+    `action_patch` consecutive action steps share one token (ViT-style patches along time)."""
 
     kind: BackboneKind = "attnres_full"
     input_dim: int = 2
@@ -65,6 +66,7 @@ class BackboneConfig:
     eps: float = 1e-6
     time_scale: float = 1.0
     attention_implementation: str = "sdpa"
+    action_patch: int = 1
 
     def __post_init__(self) -> None:
         _require(
@@ -86,6 +88,11 @@ class BackboneConfig:
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
         _require(self.time_scale > 0, f"time_scale must be > 0, got {self.time_scale}")
+        _require(
+            self.action_patch >= 1 and self.horizon % self.action_patch == 0,
+            f"action_patch must be >= 1 and divide horizon ({self.horizon}), "
+            f"got {self.action_patch}",
+        )
         validate_attention_implementation(self.attention_implementation)
 
     @property
@@ -131,6 +138,10 @@ class VanillaBackboneConfig(BackboneConfig):
             f"VanillaBackboneConfig.kind must be 'vanilla', got {self.kind!r}",
         )
         _require(self.n_cond_layers >= 0, f"n_cond_layers must be >= 0, got {self.n_cond_layers}")
+        _require(
+            not (self.causal_attn and self.action_patch > 1),
+            f"causal_attn masks per action step; it needs action_patch=1, got {self.action_patch}",
+        )
 
 
 @dataclass(frozen=True)
@@ -138,14 +149,13 @@ class AttnResBackboneConfig(BackboneConfig):
     """The Attention-Residual transformer (`vla_imf.attnres`): GQA with `n_kv_head` key/value
     heads + RoPE (`rope_theta`) + SwiGLU (`ffn_mult`). An AttnRes block is two sublayers, so
     `attnres_block_size` (sublayers per Block-AttnRes block, `kind="attnres_block"` only) ranges
-    over 1..2·n_layer. `action_patch` consecutive action steps form one token."""
+    over 1..2·n_layer."""
 
     kind: BackboneKind = "attnres_full"
     n_kv_head: int = 1
     ffn_mult: float = 2.667
     rope_theta: float = 10000.0
     attnres_block_size: int = 4
-    action_patch: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -166,11 +176,6 @@ class AttnResBackboneConfig(BackboneConfig):
             self.kind != "attnres_block" or 1 <= self.attnres_block_size <= 2 * self.n_layer,
             f"attnres_block_size must be in [1, 2*n_layer={2 * self.n_layer}], "
             f"got {self.attnres_block_size}",
-        )
-        _require(
-            self.action_patch >= 1 and self.horizon % self.action_patch == 0,
-            f"action_patch must be >= 1 and divide horizon ({self.horizon}), "
-            f"got {self.action_patch}",
         )
         _require(self.ffn_mult > 0, f"ffn_mult must be > 0, got {self.ffn_mult}")
 

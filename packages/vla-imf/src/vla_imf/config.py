@@ -236,9 +236,8 @@ class IMFPolicyConfig:
 
     @property
     def action_patch(self) -> int:
-        """Action steps per backbone token (AttnRes `action_patch`; 1 for vanilla)."""
-        backbone = self.backbone
-        return backbone.action_patch if isinstance(backbone, AttnResBackboneConfig) else 1
+        """Action steps per backbone token (`backbone.action_patch`)."""
+        return self.backbone.action_patch
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IMFPolicyConfig:

@@ -122,8 +122,9 @@ class VanillaBackbone(nn.Module):
             )
         self.config = config
         d = config.n_emb
-        self.input_emb = nn.Linear(config.input_dim, d)
-        self.pos_emb = nn.Parameter(torch.zeros(1, config.horizon, d))
+        patch = config.action_patch  # consecutive steps per action token
+        self.input_emb = nn.Linear(config.input_dim * patch, d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.horizon // patch, d))
         self.time_emb = SinusoidalTimeEmbedding(d, config.time_scale)
         self.cond_obs_emb = nn.Linear(config.cond_dim, d)
         self.cond_pos_emb = nn.Parameter(torch.zeros(1, config.n_cond_tokens, d))
@@ -137,7 +138,7 @@ class VanillaBackbone(nn.Module):
             self.encoder = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, config.output_dim)
+        self.head = nn.Linear(d, config.output_dim * patch)
         init_linear_normal(self)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.cond_pos_emb, std=0.02)
@@ -155,14 +156,15 @@ class VanillaBackbone(nn.Module):
             self.memory_mask = None
 
     def features(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """LayerNorm'd decoder output at the action positions, `[B, T, D]`."""
+        """LayerNorm'd decoder output at the action tokens, `[B, T / action_patch, D]`."""
         check_backbone_inputs(self.config, sample, r, t, cond)
         batch = sample.shape[0]
         cond_tokens = torch.cat(
             [self.time_emb(r)[:, None], self.time_emb(t)[:, None], self.cond_obs_emb(cond)], 1
         )
         memory = self.encoder(self.drop(cond_tokens + self.cond_pos_emb))  # [B, To+2, D]
-        x = self.drop(self.input_emb(sample) + self.pos_emb)  # [B, T, D]
+        patches = sample.reshape(batch, -1, self.config.action_patch * sample.shape[2])
+        x = self.drop(self.input_emb(patches) + self.pos_emb)  # [B, T / patch, D]
         self_mask = memory_mask = None
         if self.self_mask is not None and self.memory_mask is not None:
             self_mask = self.self_mask.expand(batch, -1, -1)
@@ -172,4 +174,5 @@ class VanillaBackbone(nn.Module):
         return self.ln_f(x)
 
     def forward(self, sample: Tensor, r: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        return self.head(self.features(sample, r, t, cond))
+        out = self.head(self.features(sample, r, t, cond))  # [B, T / patch, patch·Da]
+        return out.reshape(sample.shape[0], sample.shape[1], -1)
