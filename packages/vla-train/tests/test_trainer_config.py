@@ -179,7 +179,7 @@ def test_flat_policy_group_becomes_the_nested_config() -> None:
             "policy=imf_attnres_block",
             "policy.n_emb=64",
             "policy.n_layer=3",
-            "+policy.action_patch=2",
+            "policy.action_patch=2",
         ]
     ).pusht.policy  # type: ignore[union-attr]
     backbone = AttnResBackboneConfig(
@@ -204,7 +204,9 @@ def test_flat_policy_group_becomes_the_nested_config() -> None:
         num_inference_steps=1,
     )
     assert pcfg == expected
-    vanilla = load_config(["policy=imf_vanilla", "+policy.extra.causal_attn=true"]).pusht
+    vanilla = load_config(
+        ["policy=imf_vanilla", "+policy.extra.causal_attn=true", "policy.action_patch=1"]
+    ).pusht
     assert vanilla is not None and isinstance(vanilla.policy.backbone, VanillaBackboneConfig)
     assert vanilla.policy.backbone.causal_attn is True
 
