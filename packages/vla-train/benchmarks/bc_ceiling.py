@@ -14,11 +14,16 @@ the generative policy's. Prints one table and writes JSON to --out.
 the run's evaluation seeds: "a plain regressor on the same data".
 
     uv run python packages/vla-train/benchmarks/bc_ceiling.py --run-dir outputs/<run> --steps 3000
+
+`--windows all|decision` overrides which of that run's windows it trains on (every window, or
+only those that start at a fresh expert decision, `expert.replanned`); `--start-seed 300000`
+evaluates on validation seeds instead of the test seeds (for choosing between data recipes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -86,6 +91,9 @@ def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
     cfg = from_dict(json.loads((ckpt / "config.json").read_text())["hydra"]).pusht
     if cfg is None:
         raise ValueError(f"{run_dir} is not a pusht_imf run")
+    if args.windows != "run":  # all windows, or only those starting at a fresh expert decision
+        dataset = dataclasses.replace(cfg.task.dataset, decision_windows=args.windows == "decision")
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, dataset=dataset))
     state = load_train_state(ckpt)
     position = state.get("recipe") or state.get("position") or {}  # "position": before 0.3.0
     rounds = int(position.get("dagger_round", 0))
@@ -99,9 +107,13 @@ def run_rows(run_dir: Path, args: argparse.Namespace) -> list[dict]:
     predict = world_policy(type("Wrapped", (), {"predict_action": staticmethod(net)})(), cfg)
     r = evaluate(
         predict, obs_type="environment_state_agent_pos", obs_keys=KEYS, n_obs_steps=N_OBS_STEPS,
-        n_episodes=args.n_test, n_envs=25, start_seed=cfg.eval.start_seed,
+        n_episodes=args.n_test, n_envs=25,
+        start_seed=cfg.eval.start_seed if args.start_seed is None else args.start_seed,
     )  # fmt: skip
-    label = f"{run_dir.name} (+{rounds} DAgger rounds, frame {cfg.task.frame})"
+    label = (
+        f"{run_dir.name} (+{rounds} DAgger rounds, frame {cfg.task.frame}, "
+        f"{'decision' if cfg.task.dataset.decision_windows else 'all'} windows)"
+    )
     return [result_row(label, len(data), args, train_s, r)]
 
 
@@ -131,6 +143,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/vla_bc_ceiling.json"))
     parser.add_argument("--run-dir", type=Path, default=None, help="train on this run's data")
+    parser.add_argument(
+        "--windows", choices=("run", "all", "decision"), default="run",
+        help="with --run-dir: the run's windows, all windows, or decision windows only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--start-seed", type=int, default=None,
+        help="first evaluation seed (default: the run's test seeds; e.g. 300000 for validation)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     rows = run_rows(args.run_dir, args) if args.run_dir is not None else []
