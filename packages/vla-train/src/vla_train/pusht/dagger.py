@@ -12,7 +12,6 @@ finished round and the data can be reused and inspected like any other dataset.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_train.data.layout import FeatureSpec, atomic_write_json, load_json
+from vla_train.atomic import atomic_dir, atomic_write_json
+from vla_train.data.layout import FeatureSpec, load_json
 from vla_train.data.writer import LeRobotWriter
 from vla_train.eval.rollout import env_obs_to_frame, stack_obs
 from vla_train.pusht.episodes import FPS, TASK, make_env
@@ -275,19 +275,14 @@ def collect_round(
 
 def write_round(run_dir: Path, episodes: list[dict[str, np.ndarray]], result: RoundResult) -> Path:
     """Write a round's episodes as a LeRobot v3.0 dataset with the round's measurements in
-    `meta/dagger_round.json`. The folder appears only once complete (staged, then renamed); a
-    round redone after a resume (same weights, same seeds) replaces its earlier copy."""
+    `meta/dagger_round.json`. The folder appears only once complete (staged by
+    `vla_train.atomic.atomic_dir`); a round redone after a resume (same weights, same seeds)
+    replaces its earlier copy."""
     root = round_dir(run_dir, result.round)
-    root.parent.mkdir(parents=True, exist_ok=True)
     result.dataset = str(root)
-    writer = LeRobotWriter(
-        root.with_name(root.name + ".staged"), DAGGER_FEATURES, FPS, TASK, overwrite=True
-    )
-    for episode in episodes:
-        writer.add_episode(episode)
-    staged = writer.finalize()
-    atomic_write_json(staged / ROUND_META, result.to_dict())
-    if root.exists():
-        shutil.rmtree(root)
-    staged.replace(root)
+    with atomic_dir(root) as staging:
+        writer = LeRobotWriter(staging, DAGGER_FEATURES, FPS, TASK, overwrite=True)
+        for episode in episodes:
+            writer.add_episode(episode)
+        atomic_write_json(writer.finalize() / ROUND_META, result.to_dict())
     return root
