@@ -2,7 +2,7 @@
 
 Small models gain little from intra-op threads, and OpenMP's spin-waiting threads collapse when
 another process competes for the cores. This times the default policy's training step (iMF
-Full-AttnRes, batch 64, eager and compiled) with 1 and 2 threads, first on an otherwise idle
+Full-AttnRes at the default's batch size, eager and compiled) with 1 and 2 threads, first on an otherwise idle
 machine, then beside a CPU-bound competitor process (a busy loop), each in a fresh subprocess.
 Prints one table of samples/s and the loaded / idle ratio; writes JSON to --out. Run it alone.
 
@@ -37,13 +37,14 @@ stats = {k: {"min": torch.zeros(d), "max": torch.full((d,), 512.0), "mean": torc
 policy.fit_normalizer(stats)
 opt = policy.configure_optimizers(weight_decay=1e-3, learning_rate=1e-4, betas=(0.9, 0.95))
 loss_fn = torch.compile(policy.compute_loss, dynamic=False) if compile_ else policy.compute_loss
-batch = random_batch(policy.config, batch=64, generator=torch.Generator().manual_seed(0))
+size = load_config([]).train.batch_size  # the default's batch
+batch = random_batch(policy.config, batch=size, generator=torch.Generator().manual_seed(0))
 def step():
     loss = loss_fn(batch); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
 for _ in range(5): step()
 tic = time.perf_counter()
 for _ in range(steps): step()
-print(json.dumps({"samples_per_s": 64 * steps / (time.perf_counter() - tic)}))
+print(json.dumps({"samples_per_s": size * steps / (time.perf_counter() - tic)}))
 """
 
 
@@ -80,7 +81,7 @@ def main() -> None:
                  "loaded_samples_per_s": loaded, "loaded_over_idle": loaded / idle}
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\nPushT default training step, batch 64, {os.cpu_count()} cores; load = 1 busy process")
+    print(f"\nPushT default training step, {os.cpu_count()} cores; load = 1 busy process")
     print("| threads | compiled | idle samples/s | loaded samples/s | loaded / idle |")
     print("|---|---|---|---|---|")
     for r in rows:
