@@ -18,39 +18,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
 
-from vla_imf import IMFPolicy, IMFPolicyConfig
+from vla_imf import IMFPolicy
 from vla_train.atomic import atomic_write_json
-from vla_train.checkpoint import latest_checkpoint
+from vla_train.checkpoint import latest_checkpoint, load_weights
+from vla_train.config import from_dict
 from vla_train.eval import evaluate
-from vla_train.pusht.frames import block_frame_policy
+from vla_train.pusht.rollouts import world_policy
 
 KEYS = ("observation.state", "observation.environment_state")
 
 
-def load_run_policy(run_dir: Path) -> tuple[IMFPolicy, str]:
-    """The run's EMA policy (eval mode) and its `task.frame`."""
+def load_run_policy(run_dir: Path) -> tuple[IMFPolicy, Any]:
+    """The run's EMA policy (eval mode) and its PushT config (for the frame conversion)."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint")
-    payload = json.loads((ckpt / "config.json").read_text())
-    policy = IMFPolicy(IMFPolicyConfig.from_dict(payload["policy"]))
-    weights = ckpt / "ema.safetensors"
-    if not weights.is_file():
-        weights = ckpt / "model.safetensors"
-    missing, unexpected = load_model(policy, str(weights), strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{weights}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    frame = ((payload.get("hydra") or {}).get("task") or {}).get("frame", "world")
-    return policy.eval(), str(frame)
+    cfg = from_dict(json.loads((ckpt / "config.json").read_text())["hydra"]).pusht
+    if cfg is None:
+        raise ValueError(f"{run_dir} is not a pusht_imf run")
+    policy = IMFPolicy(cfg.policy)
+    ema = ckpt / "ema.safetensors"
+    load_weights(policy, ema if ema.is_file() else ckpt / "model.safetensors")
+    return policy.eval(), cfg
 
 
 def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    policy, frame = load_run_policy(run_dir)
-    predict: Any = policy.predict_action
-    if frame.startswith("block"):
-        predict = block_frame_policy(predict, relative=frame == "block_relative")
+    policy, cfg = load_run_policy(run_dir)
+    predict = world_policy(policy, cfg)  # the trainer's own frame conversion
 
     def act(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = predict(obs, num_inference_steps=args.steps)
