@@ -277,3 +277,51 @@ def test_resume_after_a_round_reproduces_the_uninterrupted_run(
     assert resumed_curve == expected  # loss, lr, grad norm, epoch: bit-identical
     for key, value in final.items():
         assert torch.equal(value, load_file(ckpts / "step_0000030" / "ema.safetensors")[key]), key
+
+
+def test_overlapped_rounds_resume_mid_round_reproduces_the_uninterrupted_run(
+    walk_dataset: Path, tmp_path: Path
+) -> None:
+    """task.dagger.overlap: rounds run in a background process on a weight snapshot and join the
+    data `every_steps` later; a crash while one is in flight (with or without its data written)
+    resumes to bit-identical data, losses and weights."""
+    overlap = ("task.dagger.overlap=true", "task.dagger.every_steps=8")
+    run = tmp_path / "run"
+    metrics = _train(walk_dataset, run, *overlap)
+    rounds = metrics["dagger_rounds"]
+    assert [(r["round"], r["step"]) for r in rounds] == [(1, 8), (2, 16)]
+    assert all(r["extra"]["wait_s"] >= 0 for r in rounds)
+    assert (run / "dagger" / "round-002.policy.safetensors").is_file()
+    full_curve = _curve(run)
+    ckpts = run / "checkpoints"
+    final = load_file(ckpts / "step_0000030" / "ema.safetensors")
+    round2 = read_frames(run / "dagger" / "round-002", keys=("action",)).columns["action"]
+    for keep_round_data in (True, False):
+        # "Crash" after step 16 (round 1 joined, round 2 started): later checkpoints are gone.
+        for later in [p for p in ckpts.glob("step_*") if int(p.name[5:]) > 16]:
+            shutil.rmtree(later)
+        if not keep_round_data:
+            shutil.rmtree(run / "dagger" / "round-002")
+        (ckpts / "latest").write_text("step_0000016")
+        (run / "train_log.jsonl").write_text(
+            "".join(json.dumps(c) + "\n" for c in full_curve if c["step"] <= 16)
+        )
+        resumed = _train(walk_dataset, run, *overlap, "resume=true")
+        assert [r["round"] for r in resumed["dagger_rounds"]] == [1, 2]
+        np.testing.assert_array_equal(
+            read_frames(run / "dagger" / "round-002", keys=("action",)).columns["action"], round2
+        )
+        after = [c for c in _curve(run) if "train/loss" in c and c["step"] > 16]
+        assert after == [c for c in full_curve if "train/loss" in c and c["step"] > 16]
+        resumed_final = load_file(ckpts / "step_0000030" / "ema.safetensors")
+        for key, value in final.items():
+            assert torch.equal(value, resumed_final[key]), key
+
+
+def test_overlapped_rounds_must_join_before_the_last_step(
+    walk_dataset: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        ValueError, match=r"task\.dagger\.overlap=true: round 2 .* train\.max_steps"
+    ):
+        _train(walk_dataset, tmp_path / "run", "task.dagger.overlap=true", "train.max_steps=20")

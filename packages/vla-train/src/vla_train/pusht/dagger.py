@@ -49,7 +49,9 @@ class DaggerConfig:
     Besides each state the policy is queried in, `label_every > 0` also labels the visited state
     every `label_every` executed steps (the policy is queried at arbitrary plan phases, so every
     visited state is a decision point worth a label); `plan_once` labels each state with one
-    fresh plan (`PushTExpert.chunk_with_states`)."""
+    fresh plan (`PushTExpert.chunk_with_states`). `overlap` runs each round in a background
+    process while training continues (`vla_train.pusht.background`); its data then joins the
+    training set `every_steps` steps after the round starts."""
 
     rounds: int = 0
     every_steps: int = 1000
@@ -61,6 +63,7 @@ class DaggerConfig:
     max_steps: int = 300
     label_every: int = 0
     plan_once: bool = False
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 0:

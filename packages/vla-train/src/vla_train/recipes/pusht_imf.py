@@ -30,6 +30,7 @@ from vla_train.data import LeRobotWindowDataset
 from vla_train.distributed import DistInfo, ShardedEpochSampler, barrier, replica_divergence
 from vla_train.eval import action_latency_ms, first_observation
 from vla_train.pusht import ensure_default_dataset
+from vla_train.pusht.background import BackgroundRounds
 from vla_train.pusht.dagger import RoundResult, load_round_result, round_dir
 from vla_train.pusht.labels import ExpertLabeler
 from vla_train.pusht.rollouts import (
@@ -133,10 +134,21 @@ class PushTIMF:
                 f"task.dagger.rounds={self.dagger.rounds}: expert-in-the-loop rounds need the "
                 "low-dim PushT task (no image_keys, env_obs_type environment_state_agent_pos)"
             )
+        if self.dagger.rounds and self.dagger.overlap:
+            joins = self.dagger.step_of_round(self.dagger.rounds) + self.dagger.every_steps
+            if joins >= config.train.max_steps:
+                raise ValueError(
+                    f"task.dagger.overlap=true: round {self.dagger.rounds} would start at step "
+                    f"{joins - self.dagger.every_steps} and join the data at step {joins} > "
+                    f"train.max_steps={config.train.max_steps}; lower task.dagger.rounds or "
+                    "task.dagger.every_steps"
+                )
         self.t_start = time.perf_counter()
-        self.epoch = self.batch = self.rounds = 0
+        # rounds: merged into the training set; launched: started (overlap: one may be running)
+        self.epoch = self.batch = self.rounds = self.launched = 0
         self.results: list[RoundResult | None] = []
         self.labeler: ExpertLabeler | None = None
+        self.background: BackgroundRounds | None = None
         self._iter: Iterator[dict[str, torch.Tensor]] | None = None
 
     def build_model(self) -> nn.Module:
@@ -167,10 +179,16 @@ class PushTIMF:
         if state is not None:
             self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
             self.rounds = int(state.get("dagger_round", 0))
+            self.launched = int(state.get("dagger_launched", self.rounds))
         self.results = [load_round_result(self.run_dir, r) for r in range(1, self.rounds + 1)]
         self._make_data()
         if self.dagger.rounds and self.info.is_main:
-            self.labeler = ExpertLabeler(self.dagger.workers, plan_once=self.dagger.plan_once)
+            if self.dagger.overlap:
+                self.background = BackgroundRounds(self.cfg, self.run_dir)
+                if self.launched > self.rounds:  # in flight when the checkpoint was written
+                    self.background.launch(None, self.launched)
+            else:
+                self.labeler = ExpertLabeler(self.dagger.workers, plan_once=self.dagger.plan_once)
         if self.info.is_main:
             log.info(
                 "%d windows, %d batches/epoch/rank",
@@ -218,7 +236,13 @@ class PushTIMF:
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}, extras
 
     def between_steps(self, step: int, eval_model: nn.Module) -> StepEvent | None:
-        if self.rounds < self.dagger.rounds and step == self.dagger.step_of_round(self.rounds + 1):
+        if self.dagger.overlap:
+            event = self._overlapped_rounds(step, eval_model)
+            if event is not None:
+                return event
+        elif self.rounds < self.dagger.rounds and step == self.dagger.step_of_round(
+            self.rounds + 1
+        ):
             return self._dagger_round(eval_model)
         every = self.cfg.eval.every_epochs
         if self.batch == 0 and every > 0 and self.epoch % every == 0:
@@ -249,19 +273,55 @@ class PushTIMF:
             result.elapsed_s = time.perf_counter() - self.t_start
             self.results.append(result)
             metrics = result.summary()
-            tqdm.write(
-                f"DAgger round {self.rounds}/{self.dagger.rounds} (beta {result.beta:.2f}): "
-                f"success {result.success_rate:.2f}, coverage {result.mean_max_coverage:.3f} on "
-                f"{len(result.seeds)} fresh seeds; +{result.n_labels} labelled states "
-                f"({result.rollout_s:.0f} s rollout, {result.label_s:.0f} s labels)"
-            )
+            self._report(result, "training paused")
         barrier(self.info)
         self._make_data()  # demos + every round so far; a fresh loader over the grown dataset
         self.epoch, self.batch = self.epoch + 1, 0
         return StepEvent(metrics, checkpoint=True)
 
+    def _overlapped_rounds(self, step: int, model: nn.Module) -> StepEvent | None:
+        """`task.dagger.overlap`: merge the round in flight once `every_steps` have passed since
+        it started, then start the next one on the current weights. Both checkpoint, so a
+        resumed run knows what was in flight."""
+        d, metrics = self.dagger, {}
+        started = d.step_of_round(self.launched)
+        merge = self.launched > self.rounds and step == started + d.every_steps
+        launch = self.launched < d.rounds and step == d.step_of_round(self.launched + 1)
+        if merge:
+            self.rounds += 1
+            if self.info.is_main:
+                assert self.background is not None
+                result = self.background.wait(self.rounds)
+                result.elapsed_s = time.perf_counter() - self.t_start
+                self.results.append(result)
+                metrics = {**result.summary(), "dagger/wait_s": result.extra["wait_s"]}
+                waited = result.extra["wait_s"]
+                self._report(result, f"joined at step {step}, training waited {waited:.0f} s")
+            barrier(self.info)
+            self._make_data()
+            self.epoch, self.batch = self.epoch + 1, 0
+        if launch:
+            self.launched += 1
+            if self.info.is_main:
+                assert self.background is not None
+                self.background.launch(model, self.launched)
+        return StepEvent(metrics, checkpoint=True) if merge or launch else None
+
+    def _report(self, result: RoundResult, when: str) -> None:
+        tqdm.write(
+            f"DAgger round {result.round}/{self.dagger.rounds} (beta {result.beta:.2f}): "
+            f"success {result.success_rate:.2f}, coverage {result.mean_max_coverage:.3f} on "
+            f"{len(result.seeds)} fresh seeds; +{result.n_labels} labelled states "
+            f"({result.rollout_s:.0f} s rollout, {result.label_s:.0f} s labels; {when})"
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "dagger_round": self.rounds}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "dagger_round": self.rounds,
+            "dagger_launched": max(self.launched, self.rounds),
+        }
 
     def finish(self, model: nn.Module, run: RunSummary) -> dict[str, Any]:
         divergence = replica_divergence(model, self.info)
@@ -334,6 +394,8 @@ class PushTIMF:
     def close(self) -> None:
         if self.labeler is not None:
             self.labeler.close()
+        if self.background is not None:
+            self.background.close()
 
 
 def format_summary(metrics: Mapping[str, Any], run_dir: Path) -> str:
