@@ -304,3 +304,42 @@ def test_overfit_two_modes_with_one_step_samples() -> None:
     assert 0.25 <= share <= 0.75, share
     assert nearest.median() < 40.0 and nearest.median() < before / 2, (nearest.median(), before)
     assert nearest.quantile(0.9) < 90.0, nearest.quantile(0.9)
+
+
+@pytest.mark.parametrize("tangent_source", ["boundary", "v_head"])
+@pytest.mark.parametrize("backbone", ["attnres_full", "vanilla"])
+def test_boundary_rows_skip_the_jvp_with_the_same_loss_and_gradients(
+    backbone: str, tangent_source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy's loss forwards the r = t rows without the JVP (`imf_loss(u_rows=…)`); the
+    loss and every gradient equal the one-JVP-over-the-whole-batch path."""
+    import vla_imf.policy as policy_module
+
+    torch.manual_seed(6)
+    policy = _policy(backbone=backbone, tangent_source=tangent_source)
+    with torch.no_grad():  # zero-initialised heads would hide a wrong row order
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = random_batch(policy.config, batch=8)
+    sizes: list[int] = []
+    hook = policy.backbone.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        policy.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        loss = policy.compute_loss(batch)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    split = run()
+    assert 4 in sizes  # the 4 boundary rows (boundary_fraction 0.5) ran on their own
+    real_imf_loss = policy_module.imf_loss
+    monkeypatch.setattr(
+        policy_module, "imf_loss", lambda *a, **k: real_imf_loss(*a, **{**k, "u_rows": None})
+    )
+    sizes.clear()
+    whole = run()
+    assert 4 not in sizes
+    hook.remove()
+    torch.testing.assert_close(split[0], whole[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(split[1], whole[1], rtol=1e-4, atol=1e-6)

@@ -184,12 +184,18 @@ def imf_loss(
     velocity_fn: VelocityFn | None = None,
     differentiate_jvp_primal: bool = True,
     generator: torch.Generator | None = None,
+    u_rows: Callable[[slice], AverageVelocityFn] | None = None,
 ) -> LossOutput:
     """The iMF loss on clean data `x [B, …]` (see module docstring).
 
     The tangent `v̂` is the boundary condition `u(z, t, t)` under no_grad, or `velocity_fn(z, t)`
     (an auxiliary v-head, trained with its own flow-matching loss that is added to `loss`).
     `noise`, `r`, `t` may be given (tests, paired comparisons); otherwise they are sampled.
+
+    `u_rows(rows)` is `u_fn` for a slice of the batch (its condition sliced the same way). When
+    given, the leading boundary rows (`r = t`, where `V = u` because `t − r = 0`) are a plain
+    forward and only the other rows pay for the tangent forward and the JVP: the same loss for
+    ≈ 30 % less compute at `boundary_fraction = 0.5`.
     """
     noise = _noise_and_check(x, noise, generator)
     if (r is None) != (t is None):
@@ -198,21 +204,37 @@ def imf_loss(
         r, t = sample_time_pairs(
             x.shape[0], config, device=x.device, dtype=x.dtype, generator=generator
         )
+        n_boundary = math.floor(config.boundary_fraction * x.shape[0])  # static: compiles
+    else:
+        n_boundary = int((r == t).int().cumprod(0).sum())  # the leading run of r = t rows
     if bool((t < r).any()):
         raise ValueError("iMF needs t >= r on every row")
     z = (1 - _per_row(t, x)) * x + _per_row(t, x) * noise
     target = noise - x
     aux_loss = None
-    if velocity_fn is None:
-        with torch.no_grad():
-            tangent = u_fn(z, t, t)
-    else:
+    velocity = None
+    if velocity_fn is not None:
         velocity = velocity_fn(z, t)
         aux_loss, _ = regression_loss(velocity, target, config, valid_mask)
-        tangent = velocity.detach()
+    if u_rows is None or n_boundary == 0:
+        n_boundary, jvp_fn = 0, u_fn
+    else:
+        jvp_fn = u_rows(slice(n_boundary, None))
+    # Fresh tensors, not views with an offset: compiled forward-AD rejects a dual whose primal is
+    # a view and whose tangent is not.
+    z_j, r_j, t_j = (v[n_boundary:].clone() if n_boundary else v for v in (z, r, t))
+    if velocity is None:
+        with torch.no_grad():
+            tangent = jvp_fn(z_j, t_j, t_j)
+    else:
+        tangent = velocity.detach()[n_boundary:]
     _, _, compound = imf_compound_velocity(
-        u_fn, z, r, t, tangent, differentiate_jvp_primal=differentiate_jvp_primal
+        jvp_fn, z_j, r_j, t_j, tangent, differentiate_jvp_primal=differentiate_jvp_primal
     )
+    if n_boundary:
+        head = slice(0, n_boundary)
+        boundary = u_rows(head)(z[head], t[head], t[head])  # type: ignore[misc]
+        compound = torch.cat([boundary, compound])
     loss, per_sample = regression_loss(compound, target, config, valid_mask)
     if aux_loss is not None:
         loss = loss + aux_loss

@@ -20,6 +20,7 @@ from vla_imf.config import IMFPolicyConfig
 from vla_imf.encoders import ImageEncoder, LowDimEncoder
 from vla_imf.normalizer import MinMaxNormalizer
 from vla_imf.objective import (
+    AverageVelocityFn,
     LossOutput,
     flow_matching_loss,
     imf_loss,
@@ -154,6 +155,10 @@ class IMFPolicy(nn.Module):
             def velocity_fn(z: Tensor, t: Tensor) -> Tensor:
                 return head(self.backbone.features(z, t, t, cond.to(z.dtype))).reshape(z.shape)
 
+        def u_rows(rows: slice) -> AverageVelocityFn:
+            part = cond[rows]
+            return lambda z, r, t: self.backbone(z, r, t, part.to(z.dtype))
+
         return imf_loss(
             u_fn,
             x,
@@ -161,6 +166,7 @@ class IMFPolicy(nn.Module):
             valid_mask=valid_mask,
             velocity_fn=velocity_fn,
             differentiate_jvp_primal=not has_activation_checkpointing(self.backbone),
+            u_rows=u_rows,
         )
 
     def compute_loss(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -27,6 +27,7 @@ from vla_imf import CHECKPOINT_LAYER_TYPES, IMFPolicy
 from vla_train.checkpoint import seed_everything
 from vla_train.config import PushTConfig, TrainConfig
 from vla_train.data import LeRobotWindowDataset
+from vla_train.data.tensor_windows import TensorWindows
 from vla_train.distributed import DistInfo, ShardedEpochSampler, barrier, replica_divergence
 from vla_train.eval import action_latency_ms, first_observation
 from vla_train.pusht import ensure_default_dataset
@@ -89,25 +90,24 @@ def build_dataset(cfg: PushTConfig, root: Path) -> LeRobotWindowDataset:
     )
 
 
+def round_windows(demos: LeRobotWindowDataset, run_dir: Path, round_index: int) -> Any:
+    """DAgger round `round_index`'s dataset, its windows cut the same way as the demos'."""
+    return LeRobotWindowDataset(
+        round_dir(run_dir, round_index),
+        n_obs_steps=demos.n_obs_steps,
+        horizon=demos.horizon,
+        keys=demos.keys,
+        pad_before=demos.pad_before,
+        pad_after=demos.pad_after,
+        current_frame_mask=demos.current_frame_mask,
+    )
+
+
 def with_dagger_rounds(demos: Any, run_dir: Path, rounds: int) -> Any:
-    """The training set after `rounds` DAgger rounds: the demos plus every round's dataset
-    (windows cut the same way)."""
+    """The training set after `rounds` DAgger rounds: the demos plus every round's dataset."""
     if rounds == 0:
         return demos
-    parts = [demos]
-    for r in range(1, rounds + 1):
-        parts.append(
-            LeRobotWindowDataset(
-                round_dir(run_dir, r),
-                n_obs_steps=demos.n_obs_steps,
-                horizon=demos.horizon,
-                keys=demos.keys,
-                pad_before=demos.pad_before,
-                pad_after=demos.pad_after,
-                current_frame_mask=demos.current_frame_mask,
-            )
-        )
-    return ConcatDataset(parts)
+    return ConcatDataset([demos, *(round_windows(demos, run_dir, r) for r in range(1, rounds + 1))])
 
 
 class PushTIMF:
@@ -149,6 +149,7 @@ class PushTIMF:
         self.results: list[RoundResult | None] = []
         self.labeler: ExpertLabeler | None = None
         self.background: BackgroundRounds | None = None
+        self._stacked: list[TensorWindows] = []  # low-dim: the demos', then each round's windows
         self._iter: Iterator[dict[str, torch.Tensor]] | None = None
 
     def build_model(self) -> nn.Module:
@@ -197,10 +198,17 @@ class PushTIMF:
             )
 
     def _make_data(self) -> None:
-        """Demos + every DAgger round so far, in the policy's frame, sharded per rank."""
-        self.dataset = in_policy_frame(
-            with_dagger_rounds(self.demos, self.run_dir, self.rounds), self.cfg
-        )
+        """Demos + every DAgger round so far, in the policy's frame, sharded per rank. Low-dim
+        windows are stacked into tensors once per part (`TensorWindows`): same values, without
+        the per-sample reads and collation in every step."""
+        if self.cfg.task.image_keys:
+            windows = with_dagger_rounds(self.demos, self.run_dir, self.rounds)
+            self.dataset = in_policy_frame(windows, self.cfg)
+        else:
+            for r in range(len(self._stacked), self.rounds + 1):
+                part = self.demos if r == 0 else round_windows(self.demos, self.run_dir, r)
+                self._stacked.append(TensorWindows.from_dataset(in_policy_frame(part, self.cfg)))
+            self.dataset = TensorWindows.concat(self._stacked[: self.rounds + 1])
         self.sampler = ShardedEpochSampler(
             len(self.dataset),
             self.config.train.batch_size // self.info.world_size,
@@ -216,6 +224,9 @@ class PushTIMF:
         self._iter = None
 
     def next_batch(self, step: int) -> tuple[Any, dict[str, float]]:
+        if self._iter is None and isinstance(self.dataset, TensorWindows):
+            stacked, batches = self.dataset, self.sampler.batches(self.epoch, self.batch)
+            self._iter = (stacked.batch(indices) for indices in batches)
         if self._iter is None:
             loader = DataLoader(
                 self.dataset,
