@@ -139,7 +139,7 @@ class PushTIMF:
             if joins >= config.train.max_steps:
                 raise ValueError(
                     f"task.dagger.overlap=true: round {self.dagger.rounds} would start at step "
-                    f"{joins - self.dagger.every_steps} and join the data at step {joins} > "
+                    f"{joins - self.dagger.every_steps} and join the data at step {joins}, not before "
                     f"train.max_steps={config.train.max_steps}; lower task.dagger.rounds or "
                     "task.dagger.every_steps"
                 )
