@@ -4,11 +4,11 @@ A synchronous round stops training while the policy is rolled out and every visi
 labelled by the expert (≈ 30 s per round on two cores for the default). With a one-thread
 trainer the second core is idle the rest of the time, so an overlapped round instead runs in a
 spawned process on a snapshot of the weights at its launch step, while training continues on
-the data it already has; its data joins the training set `every_steps` steps later (the
-rollouts use weights one round old; DAgger's guarantee only needs each round's data to come
-from the policy of some earlier iterate, Ross et al., AISTATS 2011). The snapshot is written next to the round's dataset
-(`dagger/round-NNN.policy.safetensors`), so a run resumed while a round was in flight redoes it
-from the same weights and seeds: the result is the same as if it had never stopped.
+the data it already has; its data joins the training set `every_steps` steps later (so the
+policy that collects a round is `every_steps` steps older than the one it then trains). The
+snapshot is written next to the round's dataset (`dagger/round-NNN.policy.safetensors`), so a
+run resumed while a round was in flight redoes it from the same weights and seeds: the result
+is the same as if it had never stopped.
 """
 
 from __future__ import annotations
