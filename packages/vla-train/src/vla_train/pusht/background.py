@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save
 from torch import nn
 
+from vla_train.atomic import atomic_write_bytes
 from vla_train.pusht.dagger import RoundResult, load_round_result, round_dir
 
 if TYPE_CHECKING:
@@ -40,13 +40,8 @@ def save_snapshot(model: nn.Module, path: Path) -> None:
     """The policy's weights (unwrapped from torch.compile / DDP) to `path`, atomically."""
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_model(inner, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+    atomic_write_bytes(path, save(weights))
 
 
 def _round_job(cfg: PushTConfig, round_index: int, weights: str, run_dir: str) -> RoundResult:
