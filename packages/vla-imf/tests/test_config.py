@@ -52,6 +52,7 @@ def test_defaults_resolve() -> None:
         ({"backbone": "attnres_block", "attnres_block_size": 100}, "attnres_block_size"),
         ({"backbone": "attnres_block", "attnres_block_size": 0}, "attnres_block_size"),
         ({"action_patch": 5}, "action_patch"),
+        ({"lowdim_fourier_bands": -1}, "lowdim_fourier_bands"),
         ({"action_patch": 0}, "action_patch"),
         (
             {"backbone": "vanilla", "causal_attn": True, "action_patch": 2},

@@ -7,7 +7,7 @@ the T's 8 keypoints; with `--history`, over the policy's 2-step observation wind
 how far apart their first action targets are. Prints one table, writes JSON to --out.
 
     uv run --package vla-train python packages/vla-train/benchmarks/pusht_label_consistency.py \\
-        --num-seeds 100 --first-seed 0
+        --num-seeds 100 --first-seed 0 [--expert controller]
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 
-def _episode(seed: int) -> tuple[int, bool, float, int, float, np.ndarray, np.ndarray]:
+def _episode(job: tuple[int, str]) -> tuple[int, bool, float, int, float, np.ndarray, np.ndarray]:
     from vla_train.pusht import run_expert_episode
 
-    ep = run_expert_episode(seed, image=False)
+    seed, expert = job
+    ep = run_expert_episode(seed, image=False, expert=expert)
     obs = np.concatenate(
         [ep.frames["observation.state"], ep.frames["observation.environment_state"]], 1
     )
@@ -106,11 +107,12 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--drift-seeds", type=int, default=5, help="seeds for the replan drift")
+    parser.add_argument("--expert", choices=("planner", "controller"), default="planner")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vla_bench/label_consistency.json"))
     args = parser.parse_args()
     seeds = list(range(args.first_seed, args.first_seed + args.num_seeds))
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        rows = pool.map(_episode, seeds)
+        rows = pool.map(_episode, [(seed, args.expert) for seed in seeds])
     success = [r[1] for r in rows]
     summary: dict[str, Any] = {
         "seeds": [seeds[0], seeds[-1]],
@@ -124,7 +126,7 @@ def main() -> None:
     for history in (False, True):
         key = "spread_history" if history else "spread_single"
         summary[key] = label_spread(episodes, args.radius, history)
-    print(f"PushT expert on seeds {seeds[0]}..{seeds[-1]} (one core per worker)")
+    print(f"PushT {args.expert} on seeds {seeds[0]}..{seeds[-1]} (one core per worker)")
     print(f"success {summary['success_rate']:.0%}, mean max-coverage "
           f"{summary['mean_max_coverage']:.3f}, {summary['mean_steps']:.0f} steps, "
           f"{1000 * summary['planning_cpu_s_per_step']:.1f} ms planning CPU / step")  # fmt: skip
@@ -135,6 +137,11 @@ def main() -> None:
         if s["pairs"]:
             print(f"| {name} | {s['pairs']} | {s['median_px']:.2f} px | {s['mean_px']:.2f} px | "
                   f"{100 * s['frac_over_10px']:.1f} % |")  # fmt: skip
+    if args.expert == "controller":  # decides afresh every step: no plan to drift from
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.out}")
+        return
     summary["replan_drift"] = replan_drift(seeds[: args.drift_seeds])
     print(f"| fresh plan k steps into a plan (seeds {seeds[0]}..{seeds[args.drift_seeds - 1]}) "
           "| first-target distance, median | > 10 px |")  # fmt: skip

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from vla_train._testing import load_config, write_random_walk_dataset
 from vla_train.data import LeRobotWindowDataset, read_frames
+from vla_train.pusht.controller import PushController
 from vla_train.pusht.dagger import DaggerConfig, collect_round, load_round_result, write_round
 from vla_train.pusht.episodes import make_env
 from vla_train.pusht.expert import PushTExpert
@@ -62,6 +63,22 @@ def test_labels_in_worker_processes_equal_in_process_labels() -> None:
     local = ExpertLabeler(workers=1)(states, 8)
     for a, b in zip(remote, local, strict=True):
         np.testing.assert_array_equal(a.actions, b.actions)
+
+
+def test_controller_labels_are_its_own_continuation() -> None:
+    """`task.expert=controller` labels with the analytic controller: the chunk is its closed-loop
+    continuation in the cloned simulator, every step a fresh decision."""
+    states = [_state_after(s, 6) for s in (1, 2)]
+    with ExpertLabeler(workers=2, expert="controller") as pool:
+        remote = pool(states, 8)
+    labels = ExpertLabeler(workers=1, expert="controller")(states, 8)
+    for state, label, other in zip(states, labels, remote, strict=True):
+        actions, _, _ = PushController().chunk_with_states(state, 8)
+        np.testing.assert_array_equal(label.actions, actions)
+        np.testing.assert_array_equal(other.actions, actions)
+        assert label.replanned.all()
+    with pytest.raises(ValueError, match=r"task\.expert"):
+        ExpertLabeler(workers=1, expert="oracle")
 
 
 @pytest.mark.parametrize(

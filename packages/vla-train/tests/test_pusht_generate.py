@@ -63,6 +63,21 @@ def test_default_dataset_generates_once_into_the_cache(
     assert not root.with_name(root.name + ".episodes").exists()  # scratch cleaned up
 
 
+def test_controller_dataset_has_its_own_cache_key_and_decides_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLA_CACHE_DIR", str(tmp_path / "cache"))
+    planner = default_dataset_path(num_episodes=2, seed=0, image=False)
+    root = ensure_default_dataset(
+        num_episodes=2, seed=0, image=False, workers=1, progress=False, expert="controller"
+    )
+    assert root != planner and root.name.startswith("controller-v1-lowdim-n2")
+    assert json.loads((root / GENERATION_META).read_text())["expert_version"] == "controller-v1"
+    frames = read_frames(root)
+    assert frames.columns["expert.replanned"].all()  # every window starts at a decision
+    assert frames.columns["next.success"][frames.episode_to[frames.episodes[-1]] - 1, 0]
+
+
 def test_generation_resumes_from_saved_seeds(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     scratch = out.with_name("ds.episodes")

@@ -114,6 +114,7 @@ class IMFPolicyConfig:
     image_shape: tuple[int, int, int] = (3, 96, 96)
     crop_shape: tuple[int, int] | None = (84, 84)
     lowdim_feature_dim: int = 64
+    lowdim_fourier_bands: int = 0
     image_feature_dim: int = 64
     n_keypoints: int = 32
     tangent_source: TangentSource = "boundary"
@@ -192,6 +193,10 @@ class IMFPolicyConfig:
                 f"image side after cropping is {side}; the ResNet-18 feature map must be at "
                 "least 2x2 for spatial-softmax keypoints (side >= 33)",
             )
+        _require(
+            self.lowdim_fourier_bands >= 0,
+            f"lowdim_fourier_bands must be >= 0, got {self.lowdim_fourier_bands}",
+        )
         for name in ("lowdim_feature_dim", "image_feature_dim", "n_keypoints"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_inference_steps is None:

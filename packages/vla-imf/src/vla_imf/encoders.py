@@ -7,6 +7,7 @@ spatial-softmax keypoints, then a linear layer; random crop in training, center 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -134,13 +135,27 @@ class ImageEncoder(nn.Module):
 
 
 class LowDimEncoder(nn.Module):
-    """Normalised low-dim features `[..., in_dim]` -> `[..., feature_dim]` (Linear-Mish-Linear)."""
+    """Normalised low-dim features `[..., in_dim]` -> `[..., feature_dim]` (Linear-Mish-Linear).
 
-    def __init__(self, in_dim: int, feature_dim: int) -> None:
+    With `fourier_bands > 0` each input x also enters as sin / cos(2^k π x), k < fourier_bands
+    (NeRF's positional encoding; Tancik et al., "Fourier Features Let Networks Learn High
+    Frequency Functions in Low Dimensional Domains", NeurIPS 2020): a small MLP on raw
+    coordinates fits sharp, fine-scale structure slowly, and a policy's decision boundaries and
+    final few-pixel corrections are such structure."""
+
+    def __init__(self, in_dim: int, feature_dim: int, fourier_bands: int = 0) -> None:
         super().__init__()
+        self.register_buffer(
+            "frequencies", math.pi * 2.0 ** torch.arange(fourier_bands).float(), persistent=False
+        )
         self.net = nn.Sequential(
-            nn.Linear(in_dim, feature_dim), nn.Mish(), nn.Linear(feature_dim, feature_dim)
+            nn.Linear(in_dim * (1 + 2 * fourier_bands), feature_dim),
+            nn.Mish(),
+            nn.Linear(feature_dim, feature_dim),
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if len(self.frequencies):
+            angles = (x.unsqueeze(-1) * self.frequencies).flatten(-2)
+            x = torch.cat([x, angles.sin(), angles.cos()], dim=-1)
         return self.net(x)

@@ -44,7 +44,9 @@ class IMFPolicy(nn.Module):
         dims["action"] = config.action_dim
         self.normalizer = MinMaxNormalizer(dims)
         self.lowdim_encoder = (
-            LowDimEncoder(sum(config.lowdim_dims), config.lowdim_feature_dim)
+            LowDimEncoder(
+                sum(config.lowdim_dims), config.lowdim_feature_dim, config.lowdim_fourier_bands
+            )
             if config.lowdim_keys
             else None
         )

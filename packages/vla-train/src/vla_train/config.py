@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vla_imf import IMFPolicyConfig
+from vla_train.pusht.controller import EXPERTS
 from vla_train.pusht.dagger import DaggerConfig
 from vla_train.vla.data import VLADataConfig
 from vla_train.vla.lora import LoRAConfig
@@ -167,6 +168,11 @@ class TaskConfig:
     dataset: PushTDatasetConfig = field(default_factory=PushTDatasetConfig)
     dagger: DaggerConfig = field(default_factory=DaggerConfig)
     frame: str = "world"
+    expert: str = "planner"
+
+    def __post_init__(self) -> None:
+        if self.expert not in EXPERTS:
+            raise ValueError(f"task.expert={self.expert!r}: expected one of {EXPERTS}")
 
 
 @dataclass(frozen=True)

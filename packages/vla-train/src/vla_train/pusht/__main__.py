@@ -28,11 +28,22 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="std (px) of noise added to executed actions; labels stay clean (DART)",
     )
+    parser.add_argument(
+        "--expert",
+        choices=("planner", "controller"),
+        default="planner",
+        help="the sampling planner or the analytic push controller",
+    )
     args = parser.parse_args(argv)
     image = not args.no_image
     if args.out is None:
         root = ensure_default_dataset(
-            args.num_episodes, args.seed, image, args.workers, action_noise=args.action_noise
+            args.num_episodes,
+            args.seed,
+            image,
+            args.workers,
+            action_noise=args.action_noise,
+            expert=args.expert,
         )
     else:
         root = generate_dataset(
@@ -43,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             overwrite=args.overwrite,
             action_noise=args.action_noise,
+            expert=args.expert,
         )
     summary = json.loads((root / GENERATION_META).read_text())
     print(

@@ -55,7 +55,9 @@ def _round_job(cfg: PushTConfig, round_index: int, weights: str, run_dir: str) -
     model = IMFPolicy(cfg.policy)
     load_weights(model, Path(weights))
     dagger = cfg.task.dagger
-    with ExpertLabeler(dagger.workers, plan_once=dagger.plan_once) as labeler:
+    with ExpertLabeler(
+        dagger.workers, plan_once=dagger.plan_once, expert=cfg.task.expert
+    ) as labeler:
         return run_dagger_round(model, cfg, dagger, round_index, labeler, Path(run_dir))
 
 

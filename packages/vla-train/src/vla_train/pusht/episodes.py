@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_train.pusht.controller import make_expert
 from vla_train.pusht.expert import ExpertConfig, PushTExpert
 from vla_train.pusht.sim import snapshot
 
@@ -55,6 +56,7 @@ def run_expert_episode(
     on_step: Callable[[Any], None] | None = None,
     env_kwargs: dict[str, Any] | None = None,
     action_noise: float = 0.0,
+    expert: str = "planner",
 ) -> Episode:
     """Reset gym-pusht with `seed`, act with the expert until success or `max_steps`.
 
@@ -64,12 +66,13 @@ def run_expert_episode(
     a cloned policy needs once its own errors push it there. The noise is seeded by `seed`.
 
     `on_step(env)` is called after the reset and after every step (e.g. to render a picture);
-    `env_kwargs` go to `gym.make` (e.g. `visualization_width`).
+    `env_kwargs` go to `gym.make` (e.g. `visualization_width`). `expert`: "planner" (the
+    sampling planner, `config` its knobs) or "controller" (`vla_train.pusht.controller`).
     """
     if action_noise < 0:
         raise ValueError(f"action_noise={action_noise}: expected >= 0")
     env = make_env(max_steps=max_steps, **(env_kwargs or {}))
-    expert = PushTExpert(config)
+    actor = PushTExpert(config) if config is not None else make_expert(expert)
     noise_rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     if on_step is not None:
@@ -89,8 +92,7 @@ def run_expert_episode(
     }
     max_coverage, success, done, steps = 0.0, False, False, 0
     while not done:
-        primitive = expert.plan(snapshot(env))
-        for k, action in enumerate(primitive.targets[: expert.config.replan_every]):
+        for k, action in enumerate(actor.next_targets(snapshot(env))):
             columns["observation.state"].append(np.asarray(obs["agent_pos"], np.float32))
             columns["observation.environment_state"].append(
                 np.asarray(obs["environment_state"], np.float32)
@@ -117,5 +119,5 @@ def run_expert_episode(
     env.close()
     frames = {k: np.stack(v) for k, v in columns.items()}
     return Episode(
-        seed, success, max_coverage, expert.planning_seconds, expert.planning_cpu_seconds, frames
+        seed, success, max_coverage, actor.planning_seconds, actor.planning_cpu_seconds, frames
     )

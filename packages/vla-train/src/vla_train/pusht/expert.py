@@ -392,6 +392,10 @@ class PushTExpert:
         self.planning_cpu_seconds += time.process_time() - c0
         return best
 
+    def next_targets(self, state: SimState) -> np.ndarray:
+        """The targets to execute before planning again: [<= replan_every, 2]."""
+        return self.plan(state).targets[: self.config.replan_every]
+
     def chunk_with_states(
         self, state: SimState, horizon: int, *, plan_once: bool = False
     ) -> tuple[np.ndarray, list[SimState], np.ndarray]:

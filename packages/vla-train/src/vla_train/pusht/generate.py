@@ -32,6 +32,14 @@ from vla_train.pusht.episodes import FPS, TASK, Episode, run_expert_episode
 
 #: Bump when the expert or the recorded columns change: it names the cache folder.
 EXPERT_VERSION = "expert-v3"
+#: The same for the analytic controller (`task.expert=controller`).
+CONTROLLER_VERSION = "controller-v1"
+
+
+def expert_version(expert: str) -> str:
+    return CONTROLLER_VERSION if expert == "controller" else EXPERT_VERSION
+
+
 GENERATION_META = "meta/pusht_generation.json"
 
 
@@ -64,10 +72,10 @@ def _episode_path(scratch: Path, seed: int) -> Path:
     return scratch / f"seed-{seed:07d}.npz"
 
 
-def _run_and_save(job: tuple[int, bool, str, float]) -> SeedResult:
+def _run_and_save(job: tuple[int, bool, str, float, str]) -> SeedResult:
     """Worker: roll out one seed and save it (frames only when it succeeded)."""
-    seed, image, scratch, action_noise = job
-    episode = run_expert_episode(seed, image=image, action_noise=action_noise)
+    seed, image, scratch, action_noise, expert = job
+    episode = run_expert_episode(seed, image=image, action_noise=action_noise, expert=expert)
     arrays: dict[str, Any] = {
         "success": episode.success,
         "max_coverage": episode.max_coverage,
@@ -143,9 +151,10 @@ def generate_dataset(
     progress: bool = True,
     overwrite: bool = False,
     action_noise: float = 0.0,
+    expert: str = "planner",
 ) -> Path:
     """Roll out seeds until `num_episodes` succeed; write them as a LeRobot v3.0 dataset.
-    `action_noise`: see `run_expert_episode` (std in pixels of the executed-action noise)."""
+    `action_noise`, `expert`: see `run_expert_episode`."""
     if num_episodes < 1:
         raise ValueError(f"num_episodes={num_episodes}: expected >= 1")
     if workers < 1:
@@ -160,7 +169,7 @@ def generate_dataset(
     request = {
         "seed": seed,
         "image": image,
-        "expert_version": EXPERT_VERSION,
+        "expert_version": expert_version(expert),
         "action_noise": action_noise,
     }
     request_path = scratch / "request.json"
@@ -189,7 +198,7 @@ def generate_dataset(
                     results[s] = _load_result(path, s)  # resumed from an earlier run
                     bar.update(int(results[s].success and bar.n < num_episodes))
                 else:
-                    todo.append((s, image, str(scratch), action_noise))
+                    todo.append((s, image, str(scratch), action_noise, expert))
             next_seed += batch
             done_iter = (
                 pool.imap_unordered(_run_and_save, todo)
@@ -214,7 +223,7 @@ def generate_dataset(
     writer.finalize()
     summary = {
         "generator": "vla_train.pusht.generate",
-        "expert_version": EXPERT_VERSION,
+        "expert_version": expert_version(expert),
         "first_seed": seed,
         "episode_seeds": kept,
         "seeds_tried": len(tried_seeds),
@@ -238,11 +247,16 @@ def cache_dir() -> Path:
 
 
 def default_dataset_path(
-    num_episodes: int = 200, seed: int = 0, image: bool = True, action_noise: float = 0.0
+    num_episodes: int = 200,
+    seed: int = 0,
+    image: bool = True,
+    action_noise: float = 0.0,
+    expert: str = "planner",
 ) -> Path:
     kind = "image" if image else "lowdim"
     noise = f"-noise{action_noise:g}" if action_noise > 0 else ""
-    return cache_dir() / "pusht" / f"{EXPERT_VERSION}-{kind}-n{num_episodes}-seed{seed}{noise}"
+    name = f"{expert_version(expert)}-{kind}-n{num_episodes}-seed{seed}{noise}"
+    return cache_dir() / "pusht" / name
 
 
 @contextlib.contextmanager
@@ -263,10 +277,11 @@ def ensure_default_dataset(
     workers: int | None = None,
     progress: bool = True,
     action_noise: float = 0.0,
+    expert: str = "planner",
 ) -> Path:
     """The cached expert dataset for these arguments; generated (resumably, in parallel) on
     first use. Concurrent callers wait on a file lock instead of generating twice."""
-    root = default_dataset_path(num_episodes, seed, image, action_noise)
+    root = default_dataset_path(num_episodes, seed, image, action_noise, expert)
     if (root / GENERATION_META).is_file():
         return root
     with _file_lock(root.with_name(root.name + ".lock")):
@@ -282,5 +297,6 @@ def ensure_default_dataset(
                 progress=progress,
                 overwrite=True,
                 action_noise=action_noise,
+                expert=expert,
             )
     return root

@@ -2,7 +2,7 @@
 
 A label is what the replanning expert does next from a state: its action chunk and the
 observations it passes through (replayed in the cloned simulator), so a visited state plus its
-label is a short, proper episode. Workers hold one `PushTExpert` each; jobs are plain
+label is a short, proper episode. Workers hold one expert each (`task.expert`); jobs are plain
 `SimState`s, so nothing but numbers crosses the process boundary.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_train.pusht.controller import PushController, make_expert
 from vla_train.pusht.expert import T_KEYPOINTS, ExpertConfig, PushTExpert, to_world
 from vla_train.pusht.sim import SimState
 
@@ -35,17 +36,20 @@ def observe(state: SimState) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(state.agent_pos, np.float32), keypoints.astype(np.float32)
 
 
-_EXPERT: PushTExpert | None = None
+Expert = PushTExpert | PushController
+_EXPERT: Expert | None = None
 
 
-def _worker_init(config: ExpertConfig | None) -> None:
+def _build(kind: str, config: ExpertConfig | None) -> Expert:
+    return PushTExpert(config) if config is not None else make_expert(kind)
+
+
+def _worker_init(kind: str, config: ExpertConfig | None) -> None:
     global _EXPERT
-    _EXPERT = PushTExpert(config)
+    _EXPERT = _build(kind, config)
 
 
-def label_state(
-    expert: PushTExpert, state: SimState, length: int, plan_once: bool = False
-) -> Label:
+def label_state(expert: Expert, state: SimState, length: int, plan_once: bool = False) -> Label:
     """The expert's chunk of `length` targets from `state`, with the observations it visits
     (`plan_once`: see `PushTExpert.chunk_with_states`)."""
     actions, states, replanned = expert.chunk_with_states(state, length, plan_once=plan_once)
@@ -66,17 +70,23 @@ def _label_job(job: tuple[SimState, int, bool]) -> Label:
 class ExpertLabeler:
     """`labeler(states, length)` -> one `Label` per state, in order, over `workers` processes
     (spawned once and reused; `workers=1` labels in this process). `plan_once`: every label
-    follows one fresh plan (`PushTExpert.chunk_with_states`)."""
+    follows one fresh plan (`PushTExpert.chunk_with_states`). `expert`: "planner" (`config` its
+    knobs) or "controller"."""
 
     def __init__(
-        self, workers: int = 1, config: ExpertConfig | None = None, plan_once: bool = False
+        self,
+        workers: int = 1,
+        config: ExpertConfig | None = None,
+        plan_once: bool = False,
+        expert: str = "planner",
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers={workers}: expected >= 1")
         self.workers = workers
         self.config = config
+        self.kind = expert
         self.plan_once = plan_once
-        self._expert = PushTExpert(config) if workers == 1 else None
+        self._expert = _build(expert, config) if workers == 1 else None
         self._pool: Any = None
 
     def __call__(self, states: list[SimState], length: int) -> list[Label]:
@@ -84,7 +94,7 @@ class ExpertLabeler:
             return [label_state(self._expert, s, length, self.plan_once) for s in states]
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.workers, _worker_init, (self.config,))
+            self._pool = ctx.Pool(self.workers, _worker_init, (self.kind, self.config))
         jobs = [(s, length, self.plan_once) for s in states]
         return list(self._pool.map(_label_job, jobs, chunksize=1))
 

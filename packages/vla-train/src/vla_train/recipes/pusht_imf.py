@@ -69,7 +69,11 @@ def dataset_root(cfg: PushTConfig) -> Path:
         return root
     return Path(
         ensure_default_dataset(
-            num_episodes=ds.num_episodes, seed=ds.seed, image=ds.image, action_noise=ds.action_noise
+            num_episodes=ds.num_episodes,
+            seed=ds.seed,
+            image=ds.image,
+            action_noise=ds.action_noise,
+            expert=cfg.task.expert,
         )
     )
 
@@ -189,7 +193,11 @@ class PushTIMF:
                 if self.launched > self.rounds:  # in flight when the checkpoint was written
                     self.background.launch(None, self.launched)
             else:
-                self.labeler = ExpertLabeler(self.dagger.workers, plan_once=self.dagger.plan_once)
+                self.labeler = ExpertLabeler(
+                    self.dagger.workers,
+                    plan_once=self.dagger.plan_once,
+                    expert=self.cfg.task.expert,
+                )
         if self.info.is_main:
             log.info(
                 "%d windows, %d batches/epoch/rank",
