@@ -202,7 +202,7 @@ def test_flat_policy_group_becomes_the_nested_config() -> None:
         image_shape=tuple(task.image_shape),
         crop_shape=tuple(task.crop_shape) if task.crop_shape else None,
         num_inference_steps=1,
-        lowdim_fourier_bands=6,  # the default experiment's `policy.extra`
+        lowdim_fourier_bands=8,  # the default experiment's `policy.extra`
     )
     assert pcfg == expected
     vanilla = load_config(
