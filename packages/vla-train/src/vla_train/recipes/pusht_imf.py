@@ -67,15 +67,8 @@ def dataset_root(cfg: PushTConfig) -> Path:
         if not root.exists():
             raise FileNotFoundError(f"task.dataset.root={root} does not exist")
         return root
-    return Path(
-        ensure_default_dataset(
-            num_episodes=ds.num_episodes,
-            seed=ds.seed,
-            image=ds.image,
-            action_noise=ds.action_noise,
-            expert=cfg.task.expert,
-        )
-    )
+    args = (ds.num_episodes, ds.seed, ds.image)
+    return ensure_default_dataset(*args, action_noise=ds.action_noise, expert=cfg.task.expert)
 
 
 def build_dataset(cfg: PushTConfig, root: Path) -> LeRobotWindowDataset:
