@@ -20,7 +20,7 @@ from vla_train.pusht.controller import (
     desired_twist,
     make_expert,
 )
-from vla_train.pusht.expert import rotation
+from vla_train.pusht.expert import ExpertConfig, rotation
 from vla_train.pusht.sim import GOAL_POSE
 
 SEEDS = (0, 1, 2)
@@ -92,6 +92,8 @@ def test_bad_knobs_are_named() -> None:
         ControllerConfig(stick=-1.0)
     with pytest.raises(ValueError, match=r"task\.expert='oracle'"):
         make_expert("oracle")
+    with pytest.raises(ValueError, match="configures the planner"):
+        make_expert("controller", ExpertConfig())
     with pytest.raises(ValueError, match=r"task\.expert"):
         TaskConfig(
             name="pusht_lowdim",

@@ -245,10 +245,15 @@ def _step_along(points: list[np.ndarray], vmax: float) -> np.ndarray:
 EXPERTS = ("planner", "controller")
 
 
-def make_expert(kind: str) -> PushTExpert | PushController:
-    """The labeller named by `task.expert`: the sampling planner or this controller."""
+def make_expert(
+    kind: str, planner_config: ExpertConfig | None = None
+) -> PushTExpert | PushController:
+    """The labeller named by `task.expert`: the sampling planner (with `planner_config`) or this
+    controller."""
     if kind == "planner":
-        return PushTExpert()
-    if kind == "controller":
+        return PushTExpert(planner_config)
+    if kind == "controller" and planner_config is None:
         return PushController()
+    if kind == "controller":
+        raise ValueError("an ExpertConfig configures the planner, not task.expert='controller'")
     raise ValueError(f"task.expert={kind!r}: expected one of {EXPERTS}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vla_train.pusht.controller import make_expert
-from vla_train.pusht.expert import ExpertConfig, PushTExpert
+from vla_train.pusht.expert import ExpertConfig
 from vla_train.pusht.sim import snapshot
 
 MAX_STEPS = 300  # gym-pusht's registered episode limit, and diffusion_policy's eval horizon
@@ -72,7 +72,7 @@ def run_expert_episode(
     if action_noise < 0:
         raise ValueError(f"action_noise={action_noise}: expected >= 0")
     env = make_env(max_steps=max_steps, **(env_kwargs or {}))
-    actor = PushTExpert(config) if config is not None else make_expert(expert)
+    actor = make_expert(expert, config)
     noise_rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     if on_step is not None:

@@ -40,13 +40,9 @@ Expert = PushTExpert | PushController
 _EXPERT: Expert | None = None
 
 
-def _build(kind: str, config: ExpertConfig | None) -> Expert:
-    return PushTExpert(config) if config is not None else make_expert(kind)
-
-
 def _worker_init(kind: str, config: ExpertConfig | None) -> None:
     global _EXPERT
-    _EXPERT = _build(kind, config)
+    _EXPERT = make_expert(kind, config)
 
 
 def label_state(expert: Expert, state: SimState, length: int, plan_once: bool = False) -> Label:
@@ -86,7 +82,7 @@ class ExpertLabeler:
         self.config = config
         self.kind = expert
         self.plan_once = plan_once
-        self._expert = _build(expert, config) if workers == 1 else None
+        self._expert = make_expert(expert, config) if workers == 1 else None
         self._pool: Any = None
 
     def __call__(self, states: list[SimState], length: int) -> list[Label]:
