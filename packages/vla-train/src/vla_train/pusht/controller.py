@@ -60,6 +60,11 @@ _EDGES = (
 )
 
 
+# An edge as the controller uses it: start point, direction, inward normal, the reachable range of
+# arc length (lo, hi) and the lever arms k at its ends.
+_Edge = tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, float]
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     """Knobs of the controller (lengths in pixels, steps per 10 Hz control step)."""
@@ -117,7 +122,7 @@ class PushController:
     def __init__(self, config: ControllerConfig | None = None) -> None:
         self.config = config or ControllerConfig()
         c = self.config
-        self._edges = []
+        self._edges: list[_Edge] = []
         for start, direction, normal, s0, s1 in _EDGES:
             a, u, n = np.array(start), np.array(direction), np.array(normal)
             lo, hi = s0 + c.contact_margin, s1 - c.contact_margin
@@ -176,7 +181,7 @@ class PushController:
                 <= AGENT_RADIUS + c.contact_gap + c.region_tolerance
                 and lo - c.region_tolerance <= lateral <= hi + c.region_tolerance
             )
-        best = None
+        best: tuple[float, int, float, float, np.ndarray] | None = None
         for edge, (a, u, n, *_rest) in enumerate(self._edges):
             score, s, gain = self._best_contact(edge, d, w)
             pre_body = a + s * u - n * (AGENT_RADIUS + c.contact_gap)
