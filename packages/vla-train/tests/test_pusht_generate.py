@@ -83,7 +83,7 @@ def test_generation_resumes_from_saved_seeds(tmp_path: Path) -> None:
     scratch = out.with_name("ds.episodes")
     scratch.mkdir()
     seed = 100_003
-    first = _run_and_save((seed, False, str(scratch), 0.0))
+    first = _run_and_save((seed, False, str(scratch), 0.0, "planner"))
     assert first.success
     # Mark the saved seed so we can tell it was reused rather than recomputed.
     with np.load(_episode_path(scratch, seed)) as z:

@@ -143,6 +143,8 @@ class LowDimEncoder(nn.Module):
     coordinates fits sharp, fine-scale structure slowly, and a policy's decision boundaries and
     final few-pixel corrections are such structure."""
 
+    frequencies: Tensor  # [fourier_bands]: 2^k π, a non-persistent buffer
+
     def __init__(self, in_dim: int, feature_dim: int, fourier_bands: int = 0) -> None:
         super().__init__()
         self.register_buffer(
@@ -155,7 +157,7 @@ class LowDimEncoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if len(self.frequencies):
+        if self.frequencies.numel():
             angles = (x.unsqueeze(-1) * self.frequencies).flatten(-2)
             x = torch.cat([x, angles.sin(), angles.cos()], dim=-1)
         return self.net(x)
