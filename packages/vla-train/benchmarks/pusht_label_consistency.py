@@ -101,13 +101,15 @@ def replan_drift(seeds: list[int]) -> dict[int, dict[str, float]]:
 
 
 def main() -> None:
+    from vla_train.pusht.controller import EXPERTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-seeds", type=int, default=100)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--radius", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--drift-seeds", type=int, default=5, help="seeds for the replan drift")
-    parser.add_argument("--expert", choices=("planner", "controller"), default="planner")
+    parser.add_argument("--expert", choices=EXPERTS, default="planner")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vla_bench/label_consistency.json"))
     args = parser.parse_args()
     seeds = list(range(args.first_seed, args.first_seed + args.num_seeds))
@@ -137,17 +139,13 @@ def main() -> None:
         if s["pairs"]:
             print(f"| {name} | {s['pairs']} | {s['median_px']:.2f} px | {s['mean_px']:.2f} px | "
                   f"{100 * s['frac_over_10px']:.1f} % |")  # fmt: skip
-    if args.expert == "controller":  # decides afresh every step: no plan to drift from
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.out}")
-        return
-    summary["replan_drift"] = replan_drift(seeds[: args.drift_seeds])
-    print(f"| fresh plan k steps into a plan (seeds {seeds[0]}..{seeds[args.drift_seeds - 1]}) "
-          "| first-target distance, median | > 10 px |")  # fmt: skip
-    print("|---|---|---|")
-    for k, d in summary["replan_drift"].items():
-        print(f"| k = {k} | {d['median_px']:.2f} px | {100 * d['frac_over_10px']:.0f} % |")
+    if args.expert == "planner":  # the controller decides afresh every step: no plan to drift
+        summary["replan_drift"] = replan_drift(seeds[: args.drift_seeds])
+        print(f"| fresh plan k steps into a plan (seeds {seeds[0]}..{seeds[args.drift_seeds - 1]}) "
+              "| first-target distance, median | > 10 px |")  # fmt: skip
+        print("|---|---|---|")
+        for k, d in summary["replan_drift"].items():
+            print(f"| k = {k} | {d['median_px']:.2f} px | {100 * d['frac_over_10px']:.0f} % |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")

@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+from vla_train.pusht.controller import EXPERTS
 from vla_train.pusht.generate import GENERATION_META, ensure_default_dataset, generate_dataset
 
 
@@ -30,31 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--expert",
-        choices=("planner", "controller"),
+        choices=EXPERTS,
         default="planner",
         help="the sampling planner or the analytic push controller",
     )
     args = parser.parse_args(argv)
-    image = not args.no_image
+    options: dict[str, Any] = {
+        "image": not args.no_image,
+        "workers": args.workers,
+        "action_noise": args.action_noise,
+        "expert": args.expert,
+    }
     if args.out is None:
-        root = ensure_default_dataset(
-            args.num_episodes,
-            args.seed,
-            image,
-            args.workers,
-            action_noise=args.action_noise,
-            expert=args.expert,
-        )
+        root = ensure_default_dataset(args.num_episodes, args.seed, **options)
     else:
         root = generate_dataset(
-            args.out,
-            args.num_episodes,
-            args.seed,
-            image,
-            args.workers,
-            overwrite=args.overwrite,
-            action_noise=args.action_noise,
-            expert=args.expert,
+            args.out, args.num_episodes, args.seed, overwrite=args.overwrite, **options
         )
     summary = json.loads((root / GENERATION_META).read_text())
     print(

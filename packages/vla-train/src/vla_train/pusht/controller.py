@@ -223,9 +223,9 @@ class PushController:
         controller's continuation from any state is what a fresh call does."""
         del plan_once
         targets, states = [], [state]
+        self.sim.load(state)
         for _ in range(horizon):
             target = self.act(states[-1])
-            self.sim.load(states[-1])
             self.sim.step(target)
             targets.append(target)
             states.append(self.sim.save())
